@@ -1,0 +1,77 @@
+"""`python -m pipeline <stage> ...`: the command-line face of every stage.
+
+Stage modules are imported only when called, so `--help` and light stages start fast.
+Each stage module defines `add_arguments(parser)` and `run(args)`; its docstring is the help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline.errors import UserError
+
+# name -> (module, one-line summary)
+STAGES: dict[str, tuple[str, str]] = {
+    "demo-scene": ("pipeline.demo_scene", "render the built-in synthetic dynamic scene with its ground truth"),
+    "frames": ("pipeline.frames", "read a video, image folder, HyperNeRF or Neu3D scene into frames.zarr + scene.json"),
+    "segment": ("pipeline.segment.stage", "multi-level masks with ids stable over time -> masks.zarr"),
+    "clip-features": ("pipeline.features.clip_stage", "per-mask CLIP-slot embeddings (time-agnostic)"),
+    "video-features": ("pipeline.features.video_stage", "per-object state captions -> text embeddings (time-sensitive)"),
+    "autoencoder-train": ("pipeline.features.autoencoder_train", "train the feature autoencoder (512->3, video->6)"),
+    "autoencode": ("pipeline.features.autoencode", "encode features into the latents the decoder trains on"),
+    "convert-checkpoint": ("pipeline.checkpoints", "turn a pickled .pth/.pt checkpoint into safetensors, once"),
+    "geometry": ("pipeline.geometry.stage", "StreamVGGT/VGGT tokens -> tokens.zarr + geometry.zarr"),
+    "train": ("pipeline.sbd.train", "train the Semantic Bridging Decoder on tokens + feature targets"),
+    "render": ("pipeline.sbd.render", "render per-pixel language features with a trained decoder -> render.zarr"),
+    "evaluate": ("pipeline.evaluate.stage", "the 4DLangSplat evaluation protocol -> metrics.parquet + figures"),
+    "query": ("pipeline.evaluate.query", "relevancy maps and an overlay video for any text on a trained scene"),
+    "report": ("pipeline.evaluate.report", "gather per-scene metrics into cross-scene tables"),
+}
+
+
+def _print_stages() -> None:
+    print("usage: python -m pipeline <stage> [options]   (python -m pipeline <stage> --help)\n")
+    print("stages:")
+    for name, (_, summary) in STAGES.items():
+        print(f"  {name:<20} {summary}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        _print_stages()
+        return 0
+    name = argv[0]
+    if name not in STAGES:
+        print(f"error: unknown stage {name!r}; run `python -m pipeline --help` for the list", file=sys.stderr)
+        return 2
+    module_name, summary = STAGES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            print(f"error: stage {name!r} is not built yet ({module_name})", file=sys.stderr)
+            return 2
+        raise
+    parser = argparse.ArgumentParser(
+        prog=f"python -m pipeline {name}",
+        description=(module.__doc__ or summary).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        module.run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing partial was left in place of the output", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
