@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint venv clean-results
+.PHONY: demo test lint venv slurm clean-results
 
 venv: $(STAMP)
 
@@ -24,8 +24,19 @@ demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=0
 	@echo "demo finished: results/demo/demo/ (see README, 'Outputs')"
 
-test: $(STAMP)
+test: $(STAMP) slurm
 	$(PY) -m pytest -q
+
+# The Slurm test starts a single-node cluster (Debian slurm-wlm + munge). Install them when
+# missing and we may (root with apt-get); otherwise that one test skips and says why.
+slurm:
+	@if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing slurm-wlm and munge for the Slurm test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) \
+	      || echo "could not install Slurm: its test will skip"; \
+	  else echo "Slurm not installed and no root apt-get: the Slurm test will skip"; fi; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/snakemake --lint
