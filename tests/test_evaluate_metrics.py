@@ -275,3 +275,15 @@ def test_real_tum_trajectories_give_plausible_and_similarity_invariant_ate(pair)
     assert m2["ate"] == pytest.approx(m["ate"], rel=1e-6)
     assert m2["rpe_trans"] == pytest.approx(m["rpe_trans"], rel=1e-6)
     assert m2["rpe_rot"] == pytest.approx(m["rpe_rot"], rel=1e-5)
+
+
+def test_fast_box_filter_equals_torch_avgpool():
+    from pipeline.evaluate.relevancy import _avg_pool, _avg_pool_reference
+
+    g = torch.Generator().manual_seed(0)
+    for shape, k in [((37, 53), 29), ((20, 9), 7), ((64, 64), 3)]:
+        x = torch.rand(shape, generator=g)
+        torch.testing.assert_close(_avg_pool(x, k), _avg_pool_reference(x, k), rtol=0, atol=2e-6)
+    m = (torch.rand((30, 30), generator=g) > 0.5).float()
+    # majority decisions on a binary mask agree exactly (window means are multiples of 1/count)
+    assert torch.equal(_avg_pool(m, 7) > 0.5, _avg_pool_reference(m, 7) > 0.5)

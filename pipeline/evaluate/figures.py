@@ -17,14 +17,14 @@ def slug(text: str, limit: int = 60) -> str:
 
 
 def heat_rgb(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
-    """[H,W] -> [H,W,3] uint8 with matplotlib's turbo colormap, min/max stretched unless given."""
-    from matplotlib import colormaps
+    """[H,W] -> [H,W,3] uint8 RGB with the turbo colormap, min/max stretched unless given."""
+    import cv2
 
     v = np.asarray(values, dtype=np.float32)
     lo = float(np.nanmin(v)) if vmin is None else vmin
     hi = float(np.nanmax(v)) if vmax is None else vmax
     n = np.clip((v - lo) / max(hi - lo, 1e-9), 0.0, 1.0)
-    return (colormaps["turbo"](n)[..., :3] * 255).astype(np.uint8)
+    return cv2.applyColorMap((n * 255).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1].copy()
 
 
 def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -36,7 +36,7 @@ def draw_outline(image: np.ndarray, mask: np.ndarray, color) -> np.ndarray:
 
     contours, _ = cv2.findContours(np.asarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     out = np.ascontiguousarray(image.copy())
-    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), max(1, round(min(image.shape[:2]) / 200)))
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), max(1, round(min(image.shape[:2]) / 300)))
     return out
 
 
@@ -51,35 +51,51 @@ class Panel:
     iou: float | None
 
 
+def _titled(img: np.ndarray, title: str, min_side: int = 240) -> np.ndarray:
+    """Upscale small panels (nearest) and put a one-line title above."""
+    import cv2
+
+    h, w = img.shape[:2]
+    f = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
+    if f > 1:
+        img = cv2.resize(img, (w * f, h * f), interpolation=cv2.INTER_NEAREST)
+    band = np.full((22, img.shape[1], 3), 255, np.uint8)
+    cv2.putText(band, title, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([band, img], axis=0)
+
+
+def overlay_panels(panel: Panel) -> np.ndarray:
+    """One figure row: image + ground truth (green), relevancy overlay, prediction (red) vs GT."""
+    gt_img = draw_outline(panel.image, panel.gt, (0, 255, 0)) if panel.gt is not None else panel.image
+    over = blend(panel.image, heat_rgb(panel.relevancy))
+    pred_img = panel.image.copy()
+    pred_img[panel.pred] = blend(panel.image[panel.pred], np.array([255, 40, 40], np.uint8), 0.6)
+    if panel.gt is not None:
+        pred_img = draw_outline(pred_img, panel.gt, (0, 255, 0))
+    score = f"  IoU {100 * panel.iou:.1f}" if panel.iou is not None and np.isfinite(panel.iou) else ""
+    cells = [_titled(gt_img, f"frame {panel.frame}: ground truth"),
+             _titled(over, f"relevancy, level {panel.level}"),
+             _titled(pred_img, "prediction (red), GT (green)" + score)]
+    gap = np.full((cells[0].shape[0], 6, 3), 255, np.uint8)
+    return np.concatenate([cells[0], gap, cells[1], gap, cells[2]], axis=1)
+
+
 def overlay_figure(path: str | Path, query: str, panels: list[Panel]) -> Path:
-    """One row per frame: image + ground truth (green), relevancy overlay, prediction (red) vs GT."""
-    import matplotlib
+    """A PNG with one row per frame (see `overlay_panels`) under the query as a heading."""
+    import cv2
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = max(1, len(panels))
-    h, w = panels[0].image.shape[:2] if panels else (1, 1)
-    cell = 3.0
-    fig, axes = plt.subplots(rows, 3, figsize=(3 * cell * max(w / h, 0.5), rows * cell), squeeze=False)
-    for r, p in enumerate(panels):
-        gt_img = draw_outline(p.image, p.gt, (0, 255, 0)) if p.gt is not None else p.image
-        over = blend(p.image, heat_rgb(p.relevancy))
-        pred_img = draw_outline(p.image, p.pred, (255, 40, 40))
-        if p.gt is not None:
-            pred_img = draw_outline(pred_img, p.gt, (0, 255, 0))
-        titles = [f"frame {p.frame}: ground truth", f"relevancy (level {p.level})",
-                  "prediction" + (f"  IoU {100 * p.iou:.1f}" if p.iou is not None and np.isfinite(p.iou) else "")]
-        for c, (img, title) in enumerate(zip((gt_img, over, pred_img), titles)):
-            axes[r, c].imshow(img)
-            axes[r, c].set_title(title, fontsize=8)
-            axes[r, c].axis("off")
-    fig.suptitle(f"“{query}”", fontsize=10)
-    fig.tight_layout()
+    rows = [overlay_panels(p) for p in panels]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    head = np.full((30, width, 3), 255, np.uint8)
+    cv2.putText(head, f'"{query}"', (6, 21), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    image = np.concatenate([head, *rows], axis=0)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+        ok, buf = cv2.imencode(".png", image[..., ::-1])
+        if not ok:
+            raise RuntimeError(f"PNG encoding failed for {path}")
+        tmp.write_bytes(buf.tobytes())
     return path
 
 
