@@ -14,12 +14,20 @@ from pipeline.evaluate.stage import evaluate
 EXACT = Protocol(smooth_kernel=1, majority_kernel=1)  # no spatial smoothing: masks equal the rendered regions
 
 
-@pytest.fixture()
-def scene(tmp_path):
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("synthetic")
     scene_dir = syn.write_scene(tmp_path)
     render = syn.write_render(tmp_path / "render.zarr")
     npz = syn.write_query_embeddings(tmp_path / "queries.npz")
     return tmp_path, scene_dir, render, npz
+
+
+@pytest.fixture(scope="module")
+def exact_run(scene):
+    """One evaluation with spatial smoothing off, shared by the tests that check exact answers."""
+    tmp_path, scene_dir, render, npz = scene
+    return _run(tmp_path, scene_dir, render, npz, out="exact")
 
 
 def _run(tmp_path, scene_dir, render, npz, protocol=EXACT, out="out", **kw):
@@ -39,9 +47,8 @@ def _value(table, **sel):
     return float(rows["value"].iloc[0])
 
 
-def test_time_agnostic_metrics_match_construction(scene):
-    tmp_path, scene_dir, render, npz = scene
-    table, notes = _run(tmp_path, scene_dir, render, npz)
+def test_time_agnostic_metrics_match_construction(exact_run):
+    table, notes = exact_run
     # frame 10 is annotated but not rendered: skipped and said so
     assert any("not rendered" in n and "10" in n for n in notes)
     ball = table[(table.task == "time_agnostic") & (table["query"] == "red ball") & (table.aggregation == "none")]
@@ -59,9 +66,8 @@ def test_time_agnostic_metrics_match_construction(scene):
     assert not table[(table.task == "time_agnostic") & table["query"].isin([syn.ROLLING, syn.RESTING])].shape[0]
 
 
-def test_time_sensitive_acc_and_viou_match_construction(scene):
-    tmp_path, scene_dir, render, npz = scene
-    table, _ = _run(tmp_path, scene_dir, render, npz)
+def test_time_sensitive_acc_and_viou_match_construction(exact_run):
+    table, _ = exact_run
     ts = table[(table.task == "time_sensitive") & (table.variant == "video")]
     sims = ts[(ts["query"] == syn.ROLLING) & (ts.metric == "similarity")].sort_values("frame")
     np.testing.assert_allclose(sims.value, [1, 1, 0.6, 0, 0], atol=2e-3)  # frames 0,2,4,6,8
@@ -102,11 +108,11 @@ def test_mixing_language_spaces_is_refused(scene):
     tmp_path, scene_dir, render, _ = scene
     other = syn.write_query_embeddings(tmp_path / "other.npz", clip_space={"kind": "another-clip", "dim": 8})
     with pytest.raises(UserError, match="language spaces differ"):
-        _run(tmp_path, scene_dir, render, other)
+        _run(tmp_path, scene_dir, render, other, out="refused")
     other_e5 = syn.write_query_embeddings(tmp_path / "other_e5.npz", e5_space={"kind": "another-e5"})
     with pytest.raises(UserError, match="video_space"):
-        _run(tmp_path, scene_dir, render, other_e5)
-    assert not (tmp_path / "out" / "metrics.parquet").exists()
+        _run(tmp_path, scene_dir, render, other_e5, out="refused")
+    assert not (tmp_path / "refused" / "metrics.parquet").exists()
 
 
 def test_frame_offset_mismatch_is_a_clear_error(scene):
@@ -117,11 +123,11 @@ def test_frame_offset_mismatch_is_a_clear_error(scene):
         _run(tmp_path, scene_dir, render, npz, protocol=Protocol(frame_offset=100))
 
 
-def test_command_line_with_query_embeddings(scene, monkeypatch, capsys):
+def test_command_line_with_query_embeddings(scene, monkeypatch, capsys, tmp_path):
     from pipeline import __main__ as cli
     from pipeline.evaluate import stage
 
-    tmp_path, scene_dir, render, npz = scene
+    _, scene_dir, render, npz = scene
     decoders = {"clip.safetensors": syn.clip_decoder(), "video.safetensors": syn.video_decoder()}
     for name in decoders:
         (tmp_path / name).write_bytes(b"placeholder")
@@ -141,3 +147,52 @@ def test_command_line_with_query_embeddings(scene, monkeypatch, capsys):
     rc = cli.main(["evaluate", "--render", str(tmp_path / "missing.zarr"), "--scene", str(scene_dir),
                    "--autoencoder", "x", "--out", str(tmp_path / "cli2")])
     assert rc == 2 and "render not found" in capsys.readouterr().err
+
+
+def _geometry(tmp_path, scene_dir):
+    """geometry.zarr predicting GT depth / 2 and GT cameras up to a similarity; scene.json with the GT."""
+    from pipeline.store import create_group, frame_array
+
+    rng = np.random.default_rng(0)
+    depth_dir = scene_dir / "gt" / "depth"
+    depth_dir.mkdir(parents=True, exist_ok=True)
+    gts, exts = [], []
+    for t in range(syn.T):
+        g = rng.uniform(1.0, 4.0, (syn.H, syn.W)).astype(np.float32)
+        np.save(depth_dir / f"{t + 1:06d}.npy", g)
+        gts.append(g)
+        angle = 0.1 * t
+        R = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+        C = np.array([0.3 * t, 0.05 * t * t, 1.0 + 0.1 * t])
+        exts.append(np.concatenate([R, (-R @ C)[:, None]], 1))
+    exts = np.stack(exts)
+    # prediction: world scaled by 0.5 -> camera centres x0.5, depths x0.5
+    pred_exts = exts.copy()
+    pred_exts[:, :, 3] *= 0.5
+    geo = create_group(tmp_path / "geometry.zarr")
+    d = frame_array(geo, "depth", (syn.T, syn.H // 2, syn.W // 2), "float32")
+    import cv2
+
+    d[:] = np.stack([cv2.resize(g, (syn.W // 2, syn.H // 2), interpolation=cv2.INTER_AREA) / 2 for g in gts])
+    e = geo.create_array("extrinsics", shape=exts.shape, dtype="float64")
+    e[:] = pred_exts
+    info = {"dataset": "synthetic", "scene": "toy", "num_frames": syn.T, "source_indices": list(range(syn.T)),
+            "frame_names": [f"{t + 1:06d}.png" for t in range(syn.T)],
+            "gt": {"depth_dir": str(depth_dir)}, "cameras": {"extrinsics": exts.tolist()}}
+    (tmp_path / "scene.json").write_text(json.dumps(info))
+    return tmp_path / "geometry.zarr", tmp_path / "scene.json"
+
+
+def test_depth_and_pose_where_ground_truth_exists(scene):
+    tmp_path, scene_dir, render, npz = scene
+    geometry, scene_json = _geometry(tmp_path, scene_dir)
+    table, _ = _run(tmp_path, scene_dir, render, npz, out="geo", geometry=geometry, scene_json=scene_json)
+    depth = table[table.task == "depth"]
+    assert set(depth.variant) == {"scale", "scale_shift"}
+    # half-resolution prediction upsampled onto noisy GT: aligned scale ~2, errors modest but non-zero
+    assert _value(depth, metric="scale", variant="scale") == pytest.approx(2.0, rel=0.1)
+    assert 0 < _value(depth, metric="abs_rel", variant="scale") < 0.5
+    assert int(depth.n_items.iloc[0]) == syn.T * syn.H * syn.W
+    pose = table[table.task == "pose"]
+    assert _value(pose, metric="ate") < 1e-9 and _value(pose, metric="rpe_rot") < 1e-5
+    assert _value(pose, metric="sim3_scale") == pytest.approx(2.0)
