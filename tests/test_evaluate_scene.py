@@ -123,30 +123,52 @@ def test_frame_offset_mismatch_is_a_clear_error(scene):
         _run(tmp_path, scene_dir, render, npz, protocol=Protocol(frame_offset=100))
 
 
-def test_command_line_with_query_embeddings(scene, monkeypatch, capsys, tmp_path):
+def _autoencoder_files(tmp_path, monkeypatch, clip_space=syn.CLIP_SPACE):
+    """Safetensors autoencoder files with metadata, and a stand-in for the feature side's loader."""
+    import sys
+    import types
+
+    import torch
+    from safetensors.torch import save_file
+
+    decoders = {"clip.safetensors": syn.clip_decoder(), "video.safetensors": syn.video_decoder()}
+    meta = {"clip.safetensors": ([3], clip_space), "video.safetensors": ([2], syn.E5_SPACE)}
+    for name, dec in decoders.items():
+        dims, space = meta[name]
+        save_file({"basis": dec.basis.contiguous()}, str(tmp_path / name),
+                  metadata={"encoder_dims": json.dumps(dims), "space": json.dumps(space)})
+    stub = types.ModuleType("pipeline.features.autoencoder")
+    stub.load_autoencoder = lambda path: decoders[str(path).split("/")[-1]]
+    monkeypatch.setitem(sys.modules, "pipeline.features.autoencoder", stub)
+    if "pipeline.features" not in sys.modules:
+        monkeypatch.setitem(sys.modules, "pipeline.features", types.ModuleType("pipeline.features"))
+    return tmp_path / "clip.safetensors", tmp_path / "video.safetensors"
+
+
+def test_command_line_with_autoencoder_files_and_query_embeddings(scene, monkeypatch, capsys, tmp_path):
     from pipeline import __main__ as cli
-    from pipeline.evaluate import stage
 
     _, scene_dir, render, npz = scene
-    decoders = {"clip.safetensors": syn.clip_decoder(), "video.safetensors": syn.video_decoder()}
-    for name in decoders:
-        (tmp_path / name).write_bytes(b"placeholder")
-
-    def fake_load_decoder(path, *, config_key, what):
-        return decoders[path.split("/")[-1]].decode, None, -1
-
-    monkeypatch.setattr(stage, "load_decoder", fake_load_decoder)
-    rc = cli.main(["evaluate", "--render", str(render), "--scene", str(scene_dir), "--autoencoder",
-                   str(tmp_path / "clip.safetensors"), "--video-autoencoder", str(tmp_path / "video.safetensors"),
-                   "--query-embeddings", str(npz), "--out", str(tmp_path / "cli"), "--smooth-kernel", "1",
-                   "--majority-kernel", "1", "--dataset", "synthetic", "--scene-name", "toy"])
-    assert rc == 0
+    clip_ae, video_ae = _autoencoder_files(tmp_path, monkeypatch)
+    args = ["evaluate", "--render", str(render), "--scene", str(scene_dir), "--autoencoder", str(clip_ae),
+            "--video-autoencoder", str(video_ae), "--query-embeddings", str(npz), "--smooth-kernel", "1",
+            "--majority-kernel", "1", "--dataset", "synthetic", "--scene-name", "toy"]
+    assert cli.main([*args, "--out", str(tmp_path / "cli")]) == 0
     printed = capsys.readouterr().out
     assert "mIoU = 66.67%" in printed and "Acc [video] = 90.00%" in printed
     assert (tmp_path / "cli" / "metrics.parquet").is_file()
     rc = cli.main(["evaluate", "--render", str(tmp_path / "missing.zarr"), "--scene", str(scene_dir),
                    "--autoencoder", "x", "--out", str(tmp_path / "cli2")])
     assert rc == 2 and "render not found" in capsys.readouterr().err
+
+
+def test_autoencoder_from_another_space_is_refused(scene, monkeypatch, tmp_path):
+    _, scene_dir, render, npz = scene
+    clip_ae, _ = _autoencoder_files(tmp_path, monkeypatch, clip_space={"kind": "another-clip"})
+    with pytest.raises(UserError, match="language spaces differ"):
+        evaluate(render, scene_dir, tmp_path / "x", autoencoder=clip_ae, query_embeddings=npz)
+    with pytest.raises(UserError, match=r"evaluate\.autoencoder"):
+        evaluate(render, scene_dir, tmp_path / "x", autoencoder=tmp_path / "nope.safetensors", query_embeddings=npz)
 
 
 def _geometry(tmp_path, scene_dir):

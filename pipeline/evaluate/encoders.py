@@ -117,7 +117,7 @@ def load_query_embeddings(path: str | Path) -> tuple[TextVectors, TextVectors]:
     return group("clip"), group("e5")
 
 
-def load_decoder(path: str | Path | None, *, config_key: str, what: str) -> tuple[Decoder, dict | None, int]:
+def load_decoder(path: str | Path | None, *, config_key: str, what: str, device: str = "cpu") -> tuple[Decoder, dict | None, int]:
     """(decode function, recorded space or None, latent dim) of an autoencoder checkpoint."""
     if path is None or str(path) == "":
         raise UserError(f"no {what} configured: set `{config_key}` to a .safetensors autoencoder")
@@ -131,6 +131,8 @@ def load_decoder(path: str | Path | None, *, config_key: str, what: str) -> tupl
     module = load_autoencoder(p)
     if hasattr(module, "eval"):
         module.eval()
+    if hasattr(module, "to"):
+        module.to(device)
     from pipeline.checkpoints import checkpoint_metadata
 
     meta = checkpoint_metadata(p)
@@ -140,7 +142,7 @@ def load_decoder(path: str | Path | None, *, config_key: str, what: str) -> tupl
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return module.decode(latents)
+            return module.decode(latents.to(device))
 
     return decode, space, latent_dim
 
@@ -150,7 +152,7 @@ def decode_unit(decoder: Decoder, latents: torch.Tensor, chunk: int = 65536) -> 
     outs = []
     with torch.no_grad():
         for i in range(0, len(latents), chunk):
-            f = decoder(latents[i : i + chunk].float()).float()
+            f = decoder(latents[i : i + chunk].float()).float().cpu()
             outs.append(f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     if not outs:
         return torch.zeros((0, 0))
@@ -164,5 +166,5 @@ def decoded_cosines(decoder: Decoder, latents: torch.Tensor, text: torch.Tensor,
         for i in range(0, len(latents), chunk):
             f = decoder(latents[i : i + chunk].float()).float()
             f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            outs.append(f @ text.T)
+            outs.append((f @ text.to(f.device).T).cpu())
     return torch.cat(outs) if outs else torch.zeros((0, text.shape[0]))

@@ -389,7 +389,7 @@ def evaluate(
     video_autoencoder: str | Path | None = None, query_embeddings: str | Path | None = None,
     geometry: str | Path | None = None, scene_json: str | Path | None = None, protocol: Protocol = Protocol(),
     dataset: str | None = None, scene: str | None = None, figure_frames: int = 3,
-    clip_decoder: Decoder | None = None, video_decoder: Decoder | None = None, log=print,
+    clip_decoder: Decoder | None = None, video_decoder: Decoder | None = None, device: str = "cpu", log=print,
 ):
     """Write `<out>/metrics.parquet` and `<out>/figures/*.png` for one scene; return the table.
 
@@ -408,11 +408,12 @@ def evaluate(
     clip_space = parse_space(attrs.get("clip_space"))
     video_space = parse_space(attrs.get("video_space"))
     if clip_decoder is None:
-        clip_decoder, ae_space, _ = load_decoder(autoencoder, config_key="evaluate.autoencoder", what="CLIP autoencoder")
+        clip_decoder, ae_space, _ = load_decoder(autoencoder, config_key="evaluate.autoencoder", what="CLIP autoencoder",
+                                                device=device)
         require_same_space(clip_space, ae_space, what="clip_space", other=f"the space of {autoencoder}")
     if video_decoder is None and video_autoencoder:
         video_decoder, vae_space, _ = load_decoder(video_autoencoder, config_key="evaluate.video_autoencoder",
-                                                   what="video autoencoder")
+                                                   what="video autoencoder", device=device)
         require_same_space(video_space, vae_space, what="video_space", other=f"the space of {video_autoencoder}")
 
     ann = coco.load_scene_annotations(scene_dir, frame_offset=protocol.frame_offset)
@@ -467,6 +468,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset", help="dataset name in the table (default: scene.json, else the scene's parent folder)")
     parser.add_argument("--scene-name", help="scene name in the table (default: scene.json, else the folder name)")
     parser.add_argument("--figure-frames", type=int, default=3, help="frames per query in the overlay figures")
+    parser.add_argument("--device", default="cpu", help="torch device for decoding latents (cpu, cuda)")
     parser.add_argument("--out", required=True, help="output folder: metrics.parquet + figures/")
     add_protocol_arguments(parser)
 
@@ -478,7 +480,7 @@ def run(args) -> None:
         args.render, args.scene, args.out, autoencoder=args.autoencoder, video_autoencoder=args.video_autoencoder,
         query_embeddings=args.query_embeddings, geometry=args.geometry, scene_json=args.scene_json,
         protocol=protocol_from_args(args), dataset=args.dataset, scene=args.scene_name,
-        figure_frames=args.figure_frames,
+        figure_frames=args.figure_frames, device=args.device,
     )
     for line in summary_lines(table):
         print(line)
