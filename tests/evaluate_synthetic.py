@@ -102,7 +102,8 @@ def write_scene(root: Path) -> Path:
     return scene
 
 
-def write_render(path: Path, *, clip_space=CLIP_SPACE, video_space=E5_SPACE) -> Path:
+def write_render(path: Path, *, clip_space=CLIP_SPACE, video_space=E5_SPACE, stride: int = 1) -> Path:
+    """render.zarr at the annotation size, or subsampled by `stride` (a render smaller than the GT)."""
     from pipeline.store import create_group, frame_array
 
     g = create_group(path)
@@ -118,12 +119,15 @@ def write_render(path: Path, *, clip_space=CLIP_SPACE, video_space=E5_SPACE) -> 
         ct, cl, ch, cw = CUBE
         for lv in lat:
             lat[lv][t, ct : ct + ch, cl : cl + cw] = (0.0, 1.0, 0.0)
+    if stride > 1:
+        lat = {lv: arr[:, ::stride, ::stride] for lv, arr in lat.items()}
+        video = video[:, ::stride, ::stride]
     for lv, arr in lat.items():
         a = frame_array(g, f"lang_{lv}", arr.shape, "float16")
         a[:] = arr.astype(np.float16)
     a = frame_array(g, "video", video.shape, "float16")
     a[:] = video.astype(np.float16)
-    rgb = np.full((T, H, W, 3), 0.5, np.float16)
+    rgb = np.full((T, H // stride, W // stride, 3), 0.5, np.float16)
     a = frame_array(g, "rgb", rgb.shape, "float16")
     a[:] = rgb
     g.attrs.update({"source_indices": list(range(T)), "frame_names": [f"{t + 1:06d}" for t in range(T)],

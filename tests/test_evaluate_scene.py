@@ -218,3 +218,12 @@ def test_depth_and_pose_where_ground_truth_exists(scene):
     pose = table[table.task == "pose"]
     assert _value(pose, metric="ate") < 1e-9 and _value(pose, metric="rpe_rot") < 1e-5
     assert _value(pose, metric="sim3_scale") == pytest.approx(2.0)
+
+
+def test_render_smaller_than_annotations_is_upsampled(scene):
+    tmp_path, scene_dir, _, npz = scene
+    small = syn.write_render(tmp_path / "render_half.zarr", stride=2)
+    table, _ = _run(tmp_path, scene_dir, small, npz, out="half")
+    ball = _value(table, task="time_agnostic", metric="iou", query="red ball", aggregation="frame_mean")
+    assert 0.75 < ball <= 1.0  # relevancy resized bilinearly to the annotation size: only edges move
+    assert _value(table, task="time_sensitive", metric="Acc", query=None, variant="video") == pytest.approx(0.9)

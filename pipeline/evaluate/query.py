@@ -135,6 +135,8 @@ def query(
     from pipeline.store import open_group
 
     scene_dir = Path(scene)
+    if not scene_dir.exists() and (Path("results") / scene_dir).is_dir():
+        scene_dir = Path("results") / scene_dir  # an id like <dataset>/<scene>
     render_path = Path(render) if render else scene_dir / "render.zarr"
     group = open_group(render_path, what="render")
     attrs = dict(group.attrs)
@@ -158,7 +160,7 @@ def query(
 
 def add_arguments(parser) -> None:
     parser.add_argument("text", help="the text to look for")
-    parser.add_argument("--scene", required=True, help="the scene's results folder (results/<dataset>/<scene>)")
+    parser.add_argument("--scene", required=True, help="the scene's results folder, or its id <dataset>/<scene> under ./results")
     parser.add_argument("--render", help="render.zarr (default: <scene>/render.zarr)")
     parser.add_argument("--autoencoder", help="CLIP autoencoder (default: the one recorded by the scene's latents)")
     parser.add_argument("--query-embeddings", help="npz with clip_names/clip_vectors holding the text and negatives")
