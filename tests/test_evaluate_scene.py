@@ -227,3 +227,9 @@ def test_render_smaller_than_annotations_is_upsampled(scene):
     ball = _value(table, task="time_agnostic", metric="iou", query="red ball", aggregation="frame_mean")
     assert 0.75 < ball <= 1.0  # relevancy resized bilinearly to the annotation size: only edges move
     assert _value(table, task="time_sensitive", metric="Acc", query=None, variant="video") == pytest.approx(0.9)
+
+
+def test_coverage_rows_count_evaluated_and_skipped_frames(exact_run):
+    table, _ = exact_run
+    assert _value(table, task="coverage", metric="annotated_frames_evaluated") == 5
+    assert _value(table, task="coverage", metric="annotated_frames_not_rendered") == 1

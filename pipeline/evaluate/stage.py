@@ -139,6 +139,13 @@ def evaluate_language(
             f"none of the {len(ann.frames)} annotated frames (source indices {sorted({a.frame for a in ann.frames})[:10]}...) "
             f"is among the rendered frames (source_indices {source_indices[:10]}...); check evaluate.frame_offset"
         )
+    base = dict(dataset=dataset, scene=scene)
+    rows: list[dict] = [
+        _row(**base, task="coverage", metric="annotated_frames_evaluated", value=float(len({a.frame for a in frames})),
+             aggregation="count", unit="frames"),
+        _row(**base, task="coverage", metric="annotated_frames_not_rendered", value=float(len(skipped)),
+             aggregation="count", unit="frames"),
+    ]
     state_of = ann.state_prompts  # state prompt -> base label
     time_sensitive = bool(state_of) and video_decoder is not None and e5_text is not None and "video" in render
     if state_of and not time_sensitive:
@@ -162,10 +169,8 @@ def evaluate_language(
     panel_frames = {q: set(_pick_evenly(sorted(set(fs)), figure_frames)) for q, fs in frames_of.items()}
     panels: dict[str, list[Panel]] = {}
 
-    rows: list[dict] = []
     per_query: dict[str, list[tuple[float, float]]] = {}
     states: dict[str, _StateRecord] = {}
-    base = dict(dataset=dataset, scene=scene)
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
@@ -407,6 +412,8 @@ def evaluate(
 
     clip_space = parse_space(attrs.get("clip_space"))
     video_space = parse_space(attrs.get("video_space"))
+    if clip_space is None:
+        log(f"note: {render} records no clip_space; the language space of queries and autoencoder cannot be checked")
     if clip_decoder is None:
         clip_decoder, ae_space, _ = load_decoder(autoencoder, config_key="evaluate.autoencoder", what="CLIP autoencoder",
                                                 device=device)
