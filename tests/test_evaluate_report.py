@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import evaluate_synthetic as syn
+from pipeline.errors import UserError
 from pipeline.evaluate.report import report
 from pipeline.evaluate.stage import metrics_frame
 
@@ -51,6 +52,8 @@ def test_report_tables_have_a_row_per_scene_and_a_mean(tmp_path):
     assert "<tr class='mean'><td>mean</td><td>70.00</td>" in html
     back = pd.read_parquet(tmp_path / "reports" / "metrics.parquet")
     assert len(back) == len(combined) and set(back.scene) == {"americano", "chickchicken", "mean"}
+    with pytest.raises(UserError, match="appears in both"):
+        report([paths[0], paths[0]], tmp_path / "again")
 
 
 def test_query_writes_maps_video_and_figure(tmp_path):

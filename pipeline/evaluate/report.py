@@ -40,14 +40,21 @@ TITLES = {
 
 def read_metrics(paths) -> pd.DataFrame:
     frames = []
+    seen: dict[tuple[str, str], Path] = {}
     for p in paths:
         p = Path(p)
         if not p.is_file():
             raise UserError(f"metrics table not found: {p}")
         try:
-            frames.append(pd.read_parquet(p))
+            table = pd.read_parquet(p)
         except Exception as exc:
             raise UserError(f"{p} is not a readable Parquet table ({exc.__class__.__name__})") from None
+        if {"dataset", "scene"} <= set(table.columns):
+            for key in table[["dataset", "scene"]].drop_duplicates().itertuples(index=False, name=None):
+                if key in seen:
+                    raise UserError(f"scene {key[0]}/{key[1]} appears in both {seen[key]} and {p}; give one table per scene")
+                seen[key] = p
+        frames.append(table)
     if not frames:
         raise UserError("no metrics tables given")
     df = pd.concat(frames, ignore_index=True)
