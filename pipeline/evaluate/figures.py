@@ -73,9 +73,10 @@ def overlay_panels(panel: Panel) -> np.ndarray:
     if panel.gt is not None:
         pred_img = draw_outline(pred_img, panel.gt, (0, 255, 0))
     score = f"  IoU {100 * panel.iou:.1f}" if panel.iou is not None and np.isfinite(panel.iou) else ""
-    cells = [_titled(gt_img, f"frame {panel.frame}: ground truth"),
+    has_gt = panel.gt is not None
+    cells = [_titled(gt_img, f"frame {panel.frame}" + (": ground truth" if has_gt else "")),
              _titled(over, f"relevancy, level {panel.level}"),
-             _titled(pred_img, "prediction (red), GT (green)" + score)]
+             _titled(pred_img, ("prediction (red), GT (green)" if has_gt else "mask (red)") + score)]
     gap = np.full((cells[0].shape[0], 6, 3), 255, np.uint8)
     return np.concatenate([cells[0], gap, cells[1], gap, cells[2]], axis=1)
 
