@@ -132,3 +132,18 @@ def test_pose_encoding_to_cameras():
     # 90 degrees about z (x, y, z, w)
     rz = quaternion_to_matrix(torch.tensor([0, 0, 2**-0.5, 2**-0.5]))
     assert torch.allclose(rz, torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]), atol=1e-6)
+
+
+def test_bfloat16_autocast_runs_close_to_float32():
+    model = tiny()
+    imgs = frames(3)
+    full = outputs(model, imgs, mode="stream", cache_window=None)
+    half = outputs(model, imgs, mode="stream", cache_window=None, dtype="bfloat16")
+    ref = max(x.tokens[3].abs().max().item() for x in full)
+    assert 0 < max_diff(full, half, "tokens") < 0.05 * ref
+    assert all(o.pose_enc.dtype == torch.float32 and o.depth.dtype == torch.float32 for o in half)
+    # the key/value cache is kept in the autocast precision
+    cache = model.aggregator.new_cache(window=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.aggregator(imgs[0][None, None], keep_layers=[], cache=cache, mask=_causal(2))
+    assert cache.layers[0].k.dtype == torch.bfloat16

@@ -2,8 +2,9 @@
 
 Attention can look back in time: a `KVCache` holds the keys/values of earlier frames and a
 `TimeMask` says which frames each query frame may see (causal, within a sliding window).
-One code path serves the three modes: offline (no cache, bidirectional), batch (no cache,
-block-causal mask over the chunk) and stream (one frame at a time against the cache).
+One code path serves the three modes: offline (no cache, bidirectional), batch (a chunk of
+frames with a block-causal banded mask, continuing from the cache) and stream (one frame at a
+time against the cache, no mask needed).
 """
 
 from __future__ import annotations
@@ -49,15 +50,17 @@ class KVCache:
     v: torch.Tensor | None = None
     frames: int = 0
 
-    def extend(self, k: torch.Tensor, v: torch.Tensor, n_frames: int, tokens_per_frame: int) -> None:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+    def append(self, k: torch.Tensor, v: torch.Tensor, n_frames: int, tokens_per_frame: int):
+        """Add the new frames; return all keys/values to attend to (before the window drops any)."""
+        k_all = k if self.k is None else torch.cat([self.k, k], dim=2)
+        v_all = v if self.v is None else torch.cat([self.v, v], dim=2)
+        self.k, self.v = k_all, v_all
         self.frames += n_frames
         if self.window is not None and self.frames > self.window:
-            keep = self.window * tokens_per_frame
-            self.k = self.k[:, :, self.k.shape[2] - keep :] if keep else self.k[:, :, :0]
-            self.v = self.v[:, :, self.v.shape[2] - keep :] if keep else self.v[:, :, :0]
+            drop = (self.frames - self.window) * tokens_per_frame
+            self.k, self.v = k_all[:, :, drop:], v_all[:, :, drop:]
             self.frames = self.window
+        return k_all, v_all
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
@@ -127,12 +130,7 @@ class Attention(nn.Module):
             n_past = cache.frames if cache is not None else 0
             frame_mask = time.mask.frame_mask(N // per, n_past, x.device)
             if cache is not None:
-                if cache.k is not None:
-                    k_all, v_all = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-                else:
-                    k_all, v_all = k, v
-                cache.extend(k, v, N // per, per)
-                k, v = k_all, v_all
+                k, v = cache.append(k, v, N // per, per)
             if frame_mask is not None:
                 mask = frame_mask.repeat_interleave(per, dim=0).repeat_interleave(per, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

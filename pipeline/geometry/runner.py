@@ -88,6 +88,8 @@ def run_geometry(
         raise UserError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     if cache_window is not None and cache_window < 1:
         raise UserError(f"cache window must be at least 1 frame (or None for unbounded), got {cache_window}")
+    if chunk_size is not None and chunk_size < 1:
+        raise UserError(f"chunk size must be at least 1 frame, got {chunk_size}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
