@@ -13,6 +13,7 @@ report: "workflow/report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/frames.smk"
+include: "rules/geometry.smk"
 
 
 rule all:

@@ -41,7 +41,7 @@ def scene_rule_name(scene):
 def scene_targets(scene):
     """Every final output of one scene, as far as the DAG is built."""
     base = scene_dir(scene)
-    return [f"{base}/frames.zarr", f"{base}/scene.json"]
+    return [f"{base}/frames.zarr", f"{base}/scene.json", f"{base}/tokens.zarr", f"{base}/geometry.zarr"]
 
 
 def all_targets():
@@ -80,3 +80,78 @@ def optional_flag(flag, key):
         return f"{flag} {value}" if value != "" else ""
 
     return render_flag
+
+
+def flags(section, *keys):
+    """A param function: `--key value` for each set key of a config section (lists comma-joined).
+
+    Params are what Snakemake compares to decide a rerun, so changing any of these options
+    reruns exactly the rules that pass them, and their dependants.
+    """
+
+    def render_flags(wildcards):
+        parts = []
+        for key in keys:
+            value = config[section].get(key)
+            if value is None or value is False:
+                continue
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                parts.append(flag)
+            elif isinstance(value, (list, tuple)):
+                parts.append(f"{flag} {','.join(str(v) for v in value)}")
+            else:
+                parts.append(f"{flag} {value}")
+        return " ".join(parts)
+
+    return render_flags
+
+
+def checkpoint_input(section, key="checkpoint"):
+    """Input function: the configured checkpoint (never a reason to rerun by its mtime alone)."""
+
+    def checkpoint_path(wildcards):
+        path = config[section].get(key)
+        return [ancient(path)] if path else []
+
+    return checkpoint_path
+
+
+def geometry_weights(wildcards):
+    cfg = config["geometry"]
+    if cfg.get("checkpoint"):
+        return f"--checkpoint {cfg['checkpoint']}"
+    init = cfg["random_init"]
+    return (
+        f"--random-init {init['seed']} --embed-dim {init['embed_dim']} --depth {init['depth']}"
+        f" --heads {init['heads']} --patch-embed {init['patch_embed']}"
+    )
+
+
+def check_checkpoints(cfg):
+    """Fail at start-up, in one line, for a configured checkpoint that is not there."""
+    expected = {
+        ("geometry", "checkpoint"): "StreamVGGT / VGGT-1B weights as .safetensors",
+    }
+    for (section, key), what in expected.items():
+        path = cfg.get(section, {}).get(key)
+        if path and not Path(path).is_file():
+            sys.exit(
+                f"config error at `{section}.{key}`: {path} not found (expected {what}; "
+                "a .pth/.pt file converts once with `python -m pipeline convert-checkpoint`)"
+            )
+    geo = cfg["geometry"]
+    if not geo.get("checkpoint") and not geo.get("random_init"):
+        sys.exit("config error at `geometry`: set `checkpoint` (real weights) or `random_init` (demo only)")
+
+
+check_checkpoints(config)
+
+
+def memory_mb(base):
+    """A resource function: `base` MB, doubled and tripled on the retries after an out-of-memory kill."""
+
+    def scaled(wildcards, attempt):
+        return base * attempt
+
+    return scaled

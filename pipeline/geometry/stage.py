@@ -27,6 +27,7 @@ import torch
 
 from pipeline import store
 from pipeline.checkpoints import load_state_dict
+from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 from pipeline.geometry.inputs import open_frames, plan_transform
 from pipeline.geometry.model import GeometryConfig, GeometryModel, config_from_state, load_weights, random_model
@@ -73,7 +74,7 @@ def compute_geometry(
     mode: str = "stream",
     cache_window: int | None = 128,
     chunk_size: int = 8,
-    device: str = "cpu",
+    device: str = "auto",
     dtype: str = "float32",
     max_size: int = 518,
     layers=None,
@@ -98,9 +99,7 @@ def compute_geometry(
     h, w = H // cfg.patch_size, W // cfg.patch_size
     T = len(source)
     window = None if mode == "offline" else cache_window
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    dev = torch.device(resolve_device(device))
     model = model.to(dev).eval()
 
     params = {"mode": mode, "cache_window": window, "chunk_size": chunk_size if mode == "batch" else None,
@@ -204,7 +203,7 @@ def add_arguments(parser) -> None:
     run.add_argument("--cache-window", type=int, default=128,
                      help="earlier frames a frame attends to in stream/batch mode; 0 = all (default 128)")
     run.add_argument("--chunk-size", type=int, default=8, help="frames per pass in batch mode (default 8)")
-    run.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    run.add_argument("--device", default="auto", help="auto (a leased GPU when there is one, else cpu), cpu, cuda[:k]")
     run.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                      help="aggregator precision; bfloat16 = autocast (heads stay fp32)")
     run.add_argument("--max-size", type=int, default=518, help="longest side after resizing (default 518)")
