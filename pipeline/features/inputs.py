@@ -165,12 +165,12 @@ def match_masks_to_gt(
     objects_only: bool = False,
 ) -> dict[tuple[int, int], GtMatch]:
     """{(level index, mask id): GtMatch} for every id present in `use_levels`."""
-    objects, parts = gt_objects(scene)
-    by_name = {}
-    for oid, name in objects.items():
-        by_name.setdefault(name, oid)
     table: dict[tuple[int, int], GtMatch] = {}
     if objects_table is not None and "name" in objects_table.columns:
+        has_gt = bool((scene.get("gt") or {}).get("objects"))
+        by_name = {}
+        for oid, name in (gt_objects(scene)[0] if has_gt else {}).items():
+            by_name.setdefault(name, oid)
         for rec in objects_table.to_dict("records"):
             lvl = rec["level"]
             li = levels.index(lvl) if isinstance(lvl, str) else int(lvl)
@@ -182,6 +182,7 @@ def match_masks_to_gt(
         if table and (not objects_only or all(m.gt_id is not None for m in table.values())):
             return table
         table = {}
+    objects, parts = gt_objects(scene)
     kinds = ("instance",) if objects_only else ("instance", "part")
     counters = {li: OverlapCounter() for li in use_levels}
     shape = tuple(masks.shape[2:])
