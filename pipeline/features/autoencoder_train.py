@@ -107,7 +107,7 @@ def train_autoencoder(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         record = {"epoch": epoch, "train_loss": total / len(data)}
         if epoch >= first_eval:
             model.eval()
