@@ -65,9 +65,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--autoencoder", required=True, help="autoencoder .safetensors")
     parser.add_argument("--out", required=True, help="clip_latents.zarr or video_latents.zarr to write")
     parser.add_argument("--config-key", default="autoencoder.clip.checkpoint", help="named in error messages")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (the rule's {threads})")
     parser.add_argument("--device", default="auto")
 
 
 def run(args) -> None:
+    from pipeline.features.text import set_threads
+
+    set_threads(args.threads)
     summary = autoencode(args.features, args.autoencoder, args.out, config_key=args.config_key, device=args.device)
     print(json.dumps(summary))

@@ -145,6 +145,8 @@ def train_autoencoder(
         "rows": int(len(data)),
         "input_dim": int(dim),
         "latent_dim": int(model.latent_dim),
+        "encoder_dims": list(encoder_dims),
+        "decoder_dims": decoder_dims,
         "best_epoch": best[1],
         "best_eval_loss": best[0],
         "mean_reconstruction_cosine": recon_cos,
@@ -167,12 +169,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--cos-weight", type=float, default=None, help="autoencoder.<kind>.cos_weight")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (the rule's {threads})")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--upstream-cos-axis", action="store_true", help="LangSplat's cosine over the batch axis (dim=0)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> None:
+    from pipeline.features.text import set_threads
+
+    set_threads(args.threads)
     from pipeline.features.autoencoder import CLIP_DEFAULTS, VIDEO_DEFAULTS
 
     defaults = CLIP_DEFAULTS if args.kind == "clip" else VIDEO_DEFAULTS

