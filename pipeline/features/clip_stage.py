@@ -136,8 +136,10 @@ def _open_clip_features(frames, masks, space, *, batch_size, device, exclusive_b
         image = np.asarray(frames[t])
         for level in range(num_levels):
             mask = np.asarray(masks[level, t])
-            for obj, box in mask_boxes(mask).items():
-                crop = mask_crop(image, mask == obj, box, size, exclusive_bbox=exclusive_bbox)
+            for obj, (y0, x0, y1, x1) in mask_boxes(mask).items():
+                window = mask[y0 : y1 + 1, x0 : x1 + 1] == obj  # compare ids inside the box only
+                box = (0, 0, y1 - y0, x1 - x0)
+                crop = mask_crop(image[y0 : y1 + 1, x0 : x1 + 1], window, box, size, exclusive_bbox=exclusive_bbox)
                 if crop is None:
                     skipped += 1
                     continue
