@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from pipeline import store
 from pipeline.errors import UserError
-from pipeline.sbd.data import SceneData, crop_box_in_frame, epoch_batches
+from pipeline.sbd.data import SceneData, crop_box_in_frame, epoch_batches, iterate_steps
 from pipeline.sbd.train import LOG_COLUMNS, TrainSettings, _cos_loss, lr_at, train_sbd
 from sbd_synthetic import TINY_ARCH, make_scene
 
@@ -163,3 +163,17 @@ def test_frame_count_mismatch_is_a_clear_error(tmp_path):
     bad = type(src)(tokens=src.tokens, masks=other.masks, clip_latents=src.clip_latents, frames=src.frames)
     with pytest.raises(UserError, match="frame counts differ"):
         SceneData(bad)
+
+
+def test_worker_prefetching_yields_the_same_batches_as_the_main_process(tmp_path):
+    scene = SceneData(make_scene(tmp_path / "a", frames=3, frame_hw=(36, 48), crop=(4, 3, 28, 42)))
+    # steps 1..4 of a 2-steps-per-epoch run: crosses an epoch boundary, as a resumed run would
+    main = list(iterate_steps([scene], 2, 5, 1, 5, num_workers=0))
+    workers = list(iterate_steps([scene], 2, 5, 1, 5, num_workers=2))
+    assert len(main) == len(workers) == 4
+    for a, b in zip(main, workers):
+        assert a["frames"] == b["frames"]
+        assert all(torch.equal(x, y) for x, y in zip(a["tokens"], b["tokens"]))
+        assert torch.equal(a["lang"], b["lang"]) and torch.equal(a["video_valid"], b["video_valid"])
+    plan = [f for e in (0, 1, 2) for _, f in epoch_batches([3], 2, 5, e)]
+    assert [b["frames"] for b in main] == plan[1:5]

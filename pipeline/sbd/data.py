@@ -166,6 +166,14 @@ class SceneData:
     def __len__(self) -> int:
         return self.tokens.num_frames
 
+    def set_cache(self, enabled: bool) -> None:
+        self._cache = {} if enabled else None
+
+    def target_bytes(self) -> int:
+        """Bytes of one frame's targets, to decide whether a scene's targets fit in memory."""
+        per_pixel = 3 * (self.clip.dim * 4 + 1) + 3 * 4 + (self.video.dim * 4 + 1 if self.video is not None else 0)
+        return self.box[2] * self.box[3] * per_pixel
+
     @property
     def out_size(self) -> tuple[int, int]:
         return self.box[2], self.box[3]
@@ -216,28 +224,49 @@ def steps_per_epoch(lengths: Sequence[int], batch_size: int) -> int:
     return sum(math.ceil(n / batch_size) for n in lengths)
 
 
-class EpochDataset(torch.utils.data.Dataset):
-    """One epoch's batches as dataset items, so a DataLoader's workers can prefetch them."""
+class StepDataset(torch.utils.data.Dataset):
+    """Item j = the batch of global step `first_step + j`, planned from (seed, epoch) alone.
 
-    def __init__(self, scenes: Sequence[SceneData], plan: list[tuple[int, list[int]]]):
-        self.scenes, self.plan = scenes, plan
+    One DataLoader then covers the whole run (workers start once), and a resumed run replays
+    exactly the batches an uninterrupted one would have seen.
+    """
+
+    def __init__(self, scenes: Sequence[SceneData], batch_size: int, seed: int, first_step: int, last_step: int):
+        self.scenes, self.batch_size, self.seed = scenes, batch_size, seed
+        self.lengths = [len(s) for s in scenes]
+        self.n_steps = steps_per_epoch(self.lengths, batch_size)
+        self.first_step, self.last_step = first_step, last_step
+        self._plans: dict[int, list[tuple[int, list[int]]]] = {}
 
     def __len__(self) -> int:
-        return len(self.plan)
+        return max(0, self.last_step - self.first_step)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s, frames = self.plan[i]
+    def plan(self, epoch: int) -> list[tuple[int, list[int]]]:
+        if epoch not in self._plans:
+            self._plans = {epoch: epoch_batches(self.lengths, self.batch_size, self.seed, epoch)}
+        return self._plans[epoch]
+
+    def __getitem__(self, j: int) -> dict[str, Any]:
+        epoch, i = divmod(self.first_step + j, self.n_steps)
+        s, frames = self.plan(epoch)[i]
         out = self.scenes[s].batch(frames)
         out["scene"] = s
         return out
 
 
-def iterate_epoch(scenes: Sequence[SceneData], plan, num_workers: int = 0) -> Iterator[dict[str, Any]]:
+def _identity(x):
+    return x
+
+
+def iterate_steps(
+    scenes: Sequence[SceneData], batch_size: int, seed: int, first_step: int, last_step: int, num_workers: int = 0
+) -> Iterator[dict[str, Any]]:
+    dataset = StepDataset(scenes, batch_size, seed, first_step, last_step)
     if num_workers <= 0:
-        for i in range(len(plan)):
-            yield EpochDataset(scenes, plan)[i]
+        for j in range(len(dataset)):
+            yield dataset[j]
         return
     loader = torch.utils.data.DataLoader(
-        EpochDataset(scenes, plan), batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=lambda x: x
+        dataset, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity, pin_memory=torch.cuda.is_available()
     )
     yield from loader

@@ -31,13 +31,14 @@ import torch.nn.functional as F
 
 from pipeline import store
 from pipeline.errors import UserError
-from pipeline.sbd.data import SceneData, SceneSources, epoch_batches, iterate_epoch, steps_per_epoch
+from pipeline.sbd.data import SceneData, SceneSources, iterate_steps, steps_per_epoch
 from pipeline.sbd.model import DecoderConfig, SemanticBridgingDecoder
 
 LOSS_COLUMNS = ("loss", "lang_l1", "lang_cos", "rgb_l1", "rgb_l2", "video_l1", "video_cos")
 LOG_COLUMNS = ("epoch", "step") + LOSS_COLUMNS + ("lr", "seconds")
 CHECKPOINT_FORMAT = "langfield4d-sbd-train-state/1"
 WEIGHTS_FORMAT = "langfield4d-sbd/1"
+CACHE_BYTES = 2 << 30  # keep per-pixel targets in memory up to this size (single-process loading)
 
 
 @dataclass(frozen=True)
@@ -323,9 +324,11 @@ def train_sbd(
     dev = resolve_device(device)
     use_amp = bool(settings.amp and dev.type == "cuda")
 
+    data = [SceneData(s) for s in scenes]
     if cache is None:
-        cache = num_workers == 0
-    data = [SceneData(s, cache=cache) for s in scenes]
+        cache = num_workers == 0 and sum(d.target_bytes() * len(d) for d in data) <= CACHE_BYTES
+    for d in data:
+        d.set_cache(cache)
     info = _scene_attrs(data)
     video_dim = info["video_dim"] if settings.video_dim is None else int(settings.video_dim)
     if video_dim and info["video_dim"] and video_dim != info["video_dim"]:
@@ -366,28 +369,32 @@ def train_sbd(
     )
     model.train()
     t_start = time.perf_counter() - seconds
-    for epoch in range(start_epoch, settings.epochs):
-        plan = epoch_batches(lengths, settings.batch_size, settings.seed, epoch)
-        for i, batch in enumerate(iterate_epoch(data, plan, num_workers)):
-            lr = lr_at(settings, epoch + i / n_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            tokens = [t.to(dev, non_blocking=True).float() for t in batch["tokens"]]
-            batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items() if k != "tokens"}
-            with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
-                pred = model(tokens, batch["out_size"])
-            parts = sbd_losses(pred, batch, settings)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(parts["loss"]).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            values = [float(parts[c].detach()) if c in parts else float("nan") for c in LOSS_COLUMNS]
-            log_rows.append([epoch, step, *values, lr, time.perf_counter() - t_start])
-            step += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{values[0]:.4g}", refresh=False)
+    if step != start_epoch * n_steps:
+        raise UserError(f"checkpoint {resumed_from} is inconsistent: step {step} is not epoch {start_epoch} x {n_steps} steps")
+    stream = iterate_steps(data, settings.batch_size, settings.seed, step, settings.epochs * n_steps, num_workers)
+    for batch in stream:
+        epoch, i = divmod(step, n_steps)
+        lr = lr_at(settings, epoch + i / n_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        tokens = [t.to(dev, non_blocking=True).float() for t in batch["tokens"]]
+        batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items() if k != "tokens"}
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
+            pred = model(tokens, batch["out_size"])
+        parts = sbd_losses(pred, batch, settings)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(parts["loss"]).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        values = [float(parts[c].detach()) if c in parts else float("nan") for c in LOSS_COLUMNS]
+        log_rows.append([epoch, step, *values, lr, time.perf_counter() - t_start])
+        step += 1
+        bar.update(1)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{values[0]:.4g}", refresh=False)
+        if i < n_steps - 1:
+            continue
         done = epoch + 1
         if done % max(1, save_every) == 0 or done == settings.epochs:
             save_train_state(
