@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -146,6 +147,12 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     assert log_b["step"].tolist() == list(range(8))
     np.testing.assert_allclose(log_a["loss"], log_b["loss"], rtol=1e-6)
     assert len(list((tmp_path / "ck_b").glob("*.safetensors"))) == 2  # keeps the newest two
+
+    # other settings: the old checkpoints are not resumed from, and they are cleared away
+    other = dataclasses.replace(settings, epochs=1)
+    again = train_sbd([src], tmp_path / "c" / "sbd.safetensors", checkpoint_dir=tmp_path / "ck_b", settings=other, save_every=1, progress=False)
+    assert again["resumed_from"] is None
+    assert sorted(p.name for p in (tmp_path / "ck_b").iterdir()) == ["epoch_0001.safetensors"]
 
 
 def test_scenes_with_different_autoencoders_cannot_share_a_decoder(tmp_path):

@@ -40,7 +40,8 @@ def _meta_json(meta: dict[str, str], key: str, default=None):
 def load_decoder(path: str | Path, *, patch_size: int = 14, config_key: str = "sbd.checkpoint", device="cpu"):
     """(model in eval mode, metadata dict) from a safetensors decoder checkpoint."""
     state = load_state_dict(path, config_key=config_key, what="Semantic Bridging Decoder")
-    meta = {k: _meta_json(checkpoint_metadata(path), k) for k in checkpoint_metadata(path)}
+    raw = checkpoint_metadata(path)
+    meta = {k: _meta_json(raw, k) for k in raw}
     try:
         config = DecoderConfig.from_dict(meta["architecture"]) if isinstance(meta.get("architecture"), dict) else infer_config(state, patch_size=patch_size)
         model = SemanticBridgingDecoder.from_config(config)

@@ -363,6 +363,13 @@ def train_sbd(
             start_epoch, step, seconds, log_rows = load_train_state(ckpt, model=model, optimizer=optimizer, scaler=scaler, device=dev)
             resumed_from = str(ckpt)
             print(f"resuming from {ckpt} (epoch {start_epoch})", flush=True)
+    if resumed_from is None and checkpoint_dir.is_dir():
+        # Checkpoints of another recipe (other settings or inputs) would only confuse pruning.
+        stale = sorted(checkpoint_dir.glob("epoch_*.safetensors"))
+        if stale:
+            print(f"starting fresh: removing {len(stale)} checkpoint(s) of other settings/inputs in {checkpoint_dir}", flush=True)
+        for path in stale:
+            path.unlink(missing_ok=True)
 
     bar = tqdm(
         total=settings.epochs * n_steps, initial=step, desc="train sbd", unit="step", disable=not progress, mininterval=2.0
