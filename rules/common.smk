@@ -35,7 +35,8 @@ def scene_dir(scene):
 
 
 def scene_rule_name(scene):
-    return "scene_" + "".join(c if c.isalnum() else "_" for c in scene)
+    safe = "".join(c if c.isalnum() else "_" for c in scene)
+    return f"scene_{safe}"
 
 
 def scene_targets(scene):
@@ -95,7 +96,7 @@ def flags(section, *keys):
             value = config[section].get(key)
             if value is None or value is False:
                 continue
-            flag = "--" + key.replace("_", "-")
+            flag = f"--{key.replace('_', '-')}"
             if value is True:
                 parts.append(flag)
             elif isinstance(value, (list, tuple)):
