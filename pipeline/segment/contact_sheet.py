@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.segment import LEVELS
 from pipeline.store import atomic_path
 
-ALPHA = 0.55
+ALPHA = 0.6
 CELL_WIDTH = 240
 
 

@@ -67,13 +67,18 @@ def build_sam2_tracker(
         torch.manual_seed(random_init)
     model = instantiate(cfg.model, _recursive_=True)
     if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+        if missing or unexpected or reshaped:
             raise UserError(
                 f"SAM 2 checkpoint {checkpoint} (config key `{CHECKPOINT_KEY}`) does not fit model config "
                 f"{model_config} (`{CONFIG_KEY}`): {len(missing)} missing keys (e.g. {missing[:3]}), "
-                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(reshaped)} of another shape "
+                f"(e.g. {reshaped[:3]})"
             )
+        model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 
 
