@@ -171,3 +171,21 @@ def test_gt_backend_on_the_demo_scene(tmp_path):
             stored = masks[LEVELS.index(level), t]
             mapped = np.vectorize(lambda i: lut.get(i, 0) if i >= 0 else 0)(stored)
             assert (mapped == raw).all()
+
+
+def test_command_line(tmp_path, toy_gt, capsys):
+    from pipeline.__main__ import main
+
+    frames, gt = toy_gt
+    write_frames(tmp_path / "frames.zarr", frames)
+    write_scene_json(tmp_path / "scene.json", *frames.shape[:3], gt)
+    common = ["segment", "--frames", str(tmp_path / "frames.zarr"), "--scene-json", str(tmp_path / "scene.json"),
+              "--objects", str(tmp_path / "o.parquet"), "--contact-sheet", str(tmp_path / "m.png")]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "m.zarr"), "--backend", "gt"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["objects_per_level"] == {"default": 4, "s": 4, "m": 3, "l": 3}
+    missing = tmp_path / "none.safetensors"
+    assert main([*common, "--out", str(tmp_path / "x.zarr"), "--backend", "sam2", "--checkpoint", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "segment.checkpoint" in err and str(missing) in err and "Traceback" not in err
+    assert not (tmp_path / "x.zarr").exists()

@@ -76,8 +76,6 @@ def test_sam2_backend_generates_and_propagates(tmp_path, monkeypatch):
     assert len(proposals_seen) == 2
     assert all(p[name].masks.shape[1:] == (48, 72) for p in proposals_seen for name in LEVELS)
     assert all(len(proposals_seen[0][name]) > 0 for name in LEVELS), "relaxed thresholds must let masks through"
-    # level s/m/l proposals are subsets of the candidates that feed `default`, so default has at least as many
-    assert all(len(proposals_seen[0]["default"]) >= 1 for _ in LEVELS)
 
     # frame 0: the id maps are exactly the accepted proposals, smaller on top, upsampled (nearest)
     for level, name in enumerate(LEVELS):
