@@ -108,3 +108,80 @@ def test_working_shape_shrinks_short_side_and_never_enlarges():
     assert working_shape(960, 536, 480) == (860, 480)
     assert working_shape(96, 128, 480) == (96, 128)
     assert working_shape(1014, 1352, 0) == (1014, 1352)
+
+
+class ScriptedTracker:
+    """Stands in for Sam2Tracker to test the tracking bookkeeping: each prompted object moves
+    one pixel right per frame, and object masks listed in `vanish` are empty from that frame on."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, h, w, num_frames, vanish_after):
+        self.h, self.w, self.num_frames, self.vanish_after = h, w, num_frames, vanish_after
+        self.prompts, self.removed, self.forgotten = {}, [], []
+
+    def init_state(self, jpeg_dir, **kwargs):
+        return {"video_height": self.h, "video_width": self.w, "cached_features": {0: (None, 0)}}
+
+    def _get_image_feature(self, state, k, batch_size):
+        state["cached_features"] = {k: (None, k)}
+
+    def prompt_mask(self, state, k, obj_id, mask):
+        self.prompts[obj_id] = (k, mask.clone())
+
+    def remove_object(self, state, obj_id, need_output=True):
+        self.removed.append(obj_id)
+        del self.prompts[obj_id]
+
+    def forget_before(self, state, t):
+        self.forgotten.append(t)
+
+    def propagate_in_video(self, state, start_frame_idx, max_frame_num_to_track):
+        for t in range(start_frame_idx, start_frame_idx + max_frame_num_to_track + 1):
+            state["cached_features"] = {t: (None, t)}
+            ids = list(self.prompts)
+            logits = torch.full((len(ids), 1, self.h, self.w), -10.0)
+            for i, obj_id in enumerate(ids):
+                k, mask = self.prompts[obj_id]
+                if t < self.vanish_after.get(obj_id, 10**9):
+                    logits[i, 0] = torch.roll(mask, t - k, dims=1).float() * 20 - 10
+            yield t, ids, logits
+
+
+class ScriptedProposals:
+    def __init__(self, per_frame):
+        self.per_frame = per_frame
+
+    def from_backbone(self, k, h, w):
+        from pipeline.segment.generator import LevelMasks
+
+        out = {}
+        for name in LEVELS:
+            masks = self.per_frame.get(k, {}).get(name, [])
+            stacked = torch.stack(masks) if masks else torch.zeros((0, h, w), dtype=torch.bool)
+            out[name] = LevelMasks(masks=stacked, scores=torch.ones(len(masks)))
+        return out
+
+
+def test_tracking_keeps_ids_adds_new_objects_and_retires_lost_ones():
+    from pipeline.segment.tracker import TrackerSettings, track
+
+    h, w = 16, 16
+    a, b = box(h, w, 0, 4, 0, 4), box(h, w, 10, 14, 0, 4)
+    a_at_2, c = box(h, w, 0, 4, 2, 6), box(h, w, 6, 9, 8, 12)
+    proposals = ScriptedProposals({0: {"l": [a, b]}, 2: {"l": [a_at_2, c]}})
+    tracker = ScriptedTracker(h, w, 5, vanish_after={1: 2})  # object 1 (b) is lost from frame 2
+    settings = TrackerSettings(detect_every=2, max_missed_detections=1)
+    out = dict(track(tracker, "unused", 5, proposals, settings))
+    assert sorted(out) == [0, 1, 2, 3, 4]
+    level = LEVELS.index("l")
+    for t in range(5):
+        maps = out[t]
+        assert (maps[:level] == -1).all()
+        assert (maps[level][0:4, t : t + 4] == 0).all()  # a keeps id 0 while it moves
+        assert set(np.unique(maps[level]).tolist()) == ({-1, 0, 1} if t < 2 else {-1, 0, 2})
+    assert (out[1][level][10:14, 1:5] == 1).all()  # b tracked on the frame between detections
+    assert (out[2][level][6:9, 8:12] == 2).all() and (out[4][level][6:9, 10:14] == 2).all()  # c joins on frame 2
+    assert tracker.removed == [1]  # b retired; a_at_2 was not taken for a new object
+    assert sorted(tracker.prompts) == [0, 2]
+    assert tracker.forgotten == [1, 2, 3, 4]
