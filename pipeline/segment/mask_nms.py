@@ -25,10 +25,11 @@ def mask_nms(
     n = masks.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=masks.device)
-    order = torch.argsort(scores, descending=True)
+    order = torch.argsort(scores.float(), descending=True)
     flat = masks[order].reshape(n, -1).float()
     area = flat.sum(1).clamp_min(1.0)
-    inter = flat @ flat.T
+    with torch.autocast(device_type=masks.device.type, enabled=False):  # pixel counts need float32
+        inter = flat @ flat.T
     union = area[:, None] + area[None, :] - inter
     iou = inter / union.clamp_min(1.0)
     ranked_above = torch.triu(torch.ones(n, n, dtype=torch.bool, device=masks.device), diagonal=1)  # [i, j]: i above j
@@ -41,7 +42,7 @@ def mask_nms(
     nested.fill_diagonal_(False)
     inner = nested.any(1)
 
-    sorted_scores = scores[order]
+    sorted_scores = scores.float()[order]
     confident = sorted_scores > score_thr
     if not confident.any():
         confident[: min(KEEP_IF_NONE_PASS, n)] = True
