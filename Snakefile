@@ -13,7 +13,11 @@ report: "workflow/report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/frames.smk"
+include: "rules/segment.smk"
+include: "rules/features.smk"
 include: "rules/geometry.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 
 _held: list = []  # open lock files: closing one would release its lease
+_leased: dict[int, int] = {}  # GPU count -> index this process already holds
 
 
 def lock_dir() -> Path:
@@ -23,7 +24,12 @@ def lock_dir() -> Path:
 
 
 def lease_gpu(count: int) -> int:
-    """Index of a GPU no other job of this machine holds; raises when all are taken."""
+    """Index of a GPU no other job of this machine holds; raises when all are taken.
+
+    A process leases once: asking again returns the device it already holds.
+    """
+    if count in _leased:
+        return _leased[count]
     folder = lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
@@ -36,6 +42,7 @@ def lease_gpu(count: int) -> int:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         _held.append(handle)
+        _leased[count] = index
         return index
     raise UserError(
         f"all {count} GPUs are leased by other jobs (locks in {folder}); run snakemake with "
@@ -43,11 +50,11 @@ def lease_gpu(count: int) -> int:
     )
 
 
-def resolve_device(requested: str = "auto") -> str:
+def resolve_device(requested: str | None = "auto") -> str:
     """`auto` -> a leased `cuda:<k>` when CUDA is available, else `cpu`; explicit names pass through."""
     import torch
 
-    if requested == "auto":
+    if requested in (None, "", "auto"):
         if not torch.cuda.is_available():
             return "cpu"
         return f"cuda:{lease_gpu(torch.cuda.device_count())}"

@@ -28,6 +28,7 @@ DATASETS = sorted({scene["dataset"] for scene in SCENES.values()})
 wildcard_constraints:
     scene="|".join(SCENES),
     dataset="|".join(DATASETS),
+    kind="clip|video",
 
 
 def scene_dir(scene):
@@ -39,14 +40,44 @@ def scene_rule_name(scene):
     return f"scene_{safe}"
 
 
+def has_annotations(scene):
+    """Evaluation needs 4DLangSplat-style annotations; videos and image folders have none."""
+    cfg = SCENES[scene]
+    if cfg["source"] == "demo":
+        return True
+    if cfg["source"] in ("hypernerf", "neu3d"):
+        return Path(cfg["path"], "annotations", "train", "_annotations.coco.json").is_file()
+    return False
+
+
+def video_enabled():
+    return config["features"]["video"]["enabled"]
+
+
 def scene_targets(scene):
-    """Every final output of one scene, as far as the DAG is built."""
+    """Every final output of one scene, as far as its data allows."""
     base = scene_dir(scene)
-    return [f"{base}/frames.zarr", f"{base}/scene.json", f"{base}/tokens.zarr", f"{base}/geometry.zarr"]
+    targets = [
+        f"{base}/frames.zarr",
+        f"{base}/scene.json",
+        f"{base}/masks.zarr",
+        f"{base}/geometry.zarr",
+        f"{base}/render.zarr",
+    ]
+    if has_annotations(scene):
+        targets.append(f"{base}/eval/metrics.parquet")
+    return targets
 
 
 def all_targets():
-    return [path for scene in SCENES for path in scene_targets(scene)]
+    targets = [path for scene in SCENES for path in scene_targets(scene)]
+    if any(has_annotations(scene) for scene in SCENES):
+        targets.append("results/reports/metrics.md")
+    return targets
+
+
+def evaluated_metrics(wildcards):
+    return [f"{scene_dir(scene)}/eval/metrics.parquet" for scene in SCENES if has_annotations(scene)]
 
 
 def scene_setting(key):
@@ -83,24 +114,32 @@ def optional_flag(flag, key):
     return render_flag
 
 
+def config_section(cfg, section):
+    """The settings under a dotted section name, e.g. `features.clip`."""
+    for name in section.split("."):
+        cfg = cfg.get(name, {})
+    return cfg
+
+
 def flags(section, *keys):
-    """A param function: `--key value` for each set key of a config section (lists comma-joined).
+    """A param function: `--key value` for each set key of a config section (`a.b` for nested ones).
 
     Params are what Snakemake compares to decide a rerun, so changing any of these options
     reruns exactly the rules that pass them, and their dependants.
     """
 
     def render_flags(wildcards):
+        settings = config_section(config, section)
         parts = []
         for key in keys:
-            value = config[section].get(key)
+            value = settings.get(key)
             if value is None or value is False:
                 continue
             flag = f"--{key.replace('_', '-')}"
             if value is True:
                 parts.append(flag)
             elif isinstance(value, (list, tuple)):
-                parts.append(f"{flag} {','.join(str(v) for v in value)}")
+                parts.append(f"{flag} {' '.join(str(v) for v in value)}")
             else:
                 parts.append(f"{flag} {value}")
         return " ".join(parts)
@@ -112,7 +151,7 @@ def checkpoint_input(section, key="checkpoint"):
     """Input function: the configured checkpoint (never a reason to rerun by its mtime alone)."""
 
     def checkpoint_path(wildcards):
-        path = config[section].get(key)
+        path = config_section(config, section).get(key)
         return [ancient(path)] if path else []
 
     return checkpoint_path
@@ -133,10 +172,17 @@ def check_checkpoints(cfg):
     """Fail at start-up, in one line, for a configured checkpoint that is not there."""
     expected = {
         ("geometry", "checkpoint"): "StreamVGGT / VGGT-1B weights as .safetensors",
+        ("segment", "checkpoint"): "SAM 2 weights as .safetensors",
+        ("features.clip", "checkpoint"): "open_clip weights as .safetensors",
+        ("features.video", "vlm"): "a local Qwen2-VL model folder",
+        ("autoencoder.clip", "checkpoint"): "a CLIP autoencoder as .safetensors",
+        ("autoencoder.video", "checkpoint"): "a video autoencoder as .safetensors",
+        ("sbd", "checkpoint"): "Semantic Bridging Decoder weights as .safetensors",
+        ("evaluate", "query_embeddings"): "an .npz of query embeddings",
     }
     for (section, key), what in expected.items():
-        path = cfg.get(section, {}).get(key)
-        if path and not Path(path).is_file():
+        path = config_section(cfg, section).get(key)
+        if path and not Path(path).exists():
             sys.exit(
                 f"config error at `{section}.{key}`: {path} not found (expected {what}; "
                 "a .pth/.pt file converts once with `python -m pipeline convert-checkpoint`)"
@@ -144,6 +190,16 @@ def check_checkpoints(cfg):
     geo = cfg["geometry"]
     if not geo.get("checkpoint") and not geo.get("random_init"):
         sys.exit("config error at `geometry`: set `checkpoint` (real weights) or `random_init` (demo only)")
+    if cfg["segment"]["backend"] == "sam2" and not cfg["segment"].get("checkpoint"):
+        sys.exit("config error at `segment.checkpoint`: the sam2 backend needs SAM 2 weights (.safetensors)")
+    if cfg["features"]["clip"]["backend"] == "open_clip" and not cfg["features"]["clip"].get("checkpoint"):
+        sys.exit("config error at `features.clip.checkpoint`: the open_clip backend needs local weights (.safetensors)")
+    video = cfg["features"]["video"]
+    if video["enabled"] and video["captioner"] == "vlm" and not video.get("vlm"):
+        sys.exit("config error at `features.video.vlm`: the vlm captioner needs a local Qwen2-VL model folder")
+    for scene in cfg["sbd"]["scenes"] + cfg["autoencoder"]["shared_scenes"]:
+        if scene not in cfg["scenes"]:
+            sys.exit(f"config error: scene {scene!r} listed in sbd.scenes / autoencoder.shared_scenes is not configured")
 
 
 check_checkpoints(config)
@@ -156,3 +212,104 @@ def memory_mb(base):
         return base * attempt
 
     return scaled
+
+
+
+# ----------------------------------------------------------------------------- features and autoencoders
+def autoencoder_path(scene, kind):
+    """The autoencoder a scene's features go through: given, shared across scenes, or its own."""
+    given = config["autoencoder"][kind].get("checkpoint")
+    if given:
+        return given
+    if scene in config["autoencoder"]["shared_scenes"]:
+        return f"results/_all/{kind}_autoencoder.safetensors"
+    return f"{scene_dir(scene)}/{kind}_autoencoder.safetensors"
+
+
+def autoencoder_features(wildcards):
+    """Features an autoencoder trains on: one scene's, or every shared scene's."""
+    scenes = [wildcards.scene] if hasattr(wildcards, "scene") else config["autoencoder"]["shared_scenes"]
+    return [f"{scene_dir(scene)}/{wildcards.kind}_features.zarr" for scene in scenes]
+
+
+def autoencoder_flags(wildcards):
+    return flags(f"autoencoder.{wildcards.kind}", "encoder_dims", "decoder_dims", "lr", "epochs", "cos_weight",
+                 "batch_size", "seed", "device")(wildcards)  # fmt: skip
+
+
+def autoencoder_for(wildcards):
+    return autoencoder_path(wildcards.scene, wildcards.kind)
+
+
+def autoencoder_of(kind):
+    """Input function for evaluation: the scene's `kind` autoencoder (none when video is off)."""
+
+    def autoencoder(wildcards):
+        if kind == "video" and not video_enabled():
+            return []
+        return autoencoder_path(wildcards.scene, kind)
+
+    return autoencoder
+
+
+# ----------------------------------------------------------------------------- decoder training
+def training_scenes(wildcards):
+    return [wildcards.scene] if hasattr(wildcards, "scene") else config["sbd"]["scenes"]
+
+
+def training_inputs(wildcards):
+    scenes = training_scenes(wildcards)
+    inputs = {
+        name: [f"{scene_dir(scene)}/{artifact}" for scene in scenes]
+        for name, artifact in (
+            ("tokens", "tokens.zarr"),
+            ("masks", "masks.zarr"),
+            ("clip_latents", "clip_latents.zarr"),
+            ("frames", "frames.zarr"),
+        )
+    }
+    if video_enabled():
+        inputs["video_latents"] = [f"{scene_dir(scene)}/video_latents.zarr" for scene in scenes]
+    return inputs
+
+
+def training_arguments(wildcards):
+    """`--tokens .. --masks .. --clip-latents .. --frames .. [--video-latents ..]` once per scene."""
+    inputs = training_inputs(wildcards)
+    parts = []
+    for i in range(len(inputs["tokens"])):
+        for name, paths in inputs.items():
+            parts.append(f"--{name.replace('_', '-')} {paths[i]}")
+    return " ".join(parts)
+
+
+def sbd_flags(wildcards):
+    return flags("sbd", "epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "schedule", "features",
+                 "hidden_dim", "out_channels", "video_hidden_dim", "lambda_l1", "lambda_cos", "lambda_rgb",
+                 "lambda_video", "cos_over_width", "save_every", "seed", "num_workers", "device")(wildcards)  # fmt: skip
+
+
+def sbd_weights_for(wildcards):
+    """The decoder that renders a scene: given weights, the multi-scene model, or its own."""
+    if config["sbd"].get("checkpoint"):
+        return config["sbd"]["checkpoint"]
+    if wildcards.scene in config["sbd"]["scenes"]:
+        return "results/_all/sbd.safetensors"
+    return f"{scene_dir(wildcards.scene)}/sbd.safetensors"
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate_flags(wildcards):
+    options = flags("evaluate", "query_embeddings", "device", "figure_frames", "frame_offset", "all_polygons",
+                    "round_polygons", "negatives", "temperature", "smooth_kernel", "mask_thresh",
+                    "majority_kernel", "majority_thresh", "level_strategy", "temporal_weights",
+                    "video_threshold", "clip_threshold", "depth_align", "max_depth", "rpe_delta")(wildcards)  # fmt: skip
+    if not config["evaluate"]["remap_positive"]:
+        options += " --no-remap-positive"
+    if SCENES[wildcards.scene]["source"] == "neu3d" and config["evaluate"]["frame_offset"] == -1:
+        options += " --frame-offset 0"  # Neu3D annotation names are 0-based
+    return options
+
+
+def video_autoencoder_flag(wildcards):
+    return f"--video-autoencoder {autoencoder_path(wildcards.scene, 'video')}" if video_enabled() else ""

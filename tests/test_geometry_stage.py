@@ -165,7 +165,7 @@ def _cli(*args):
 def test_cli_smoke(tmp_path):
     frames, _ = write_frames_zarr(tmp_path / "frames.zarr", n=3)
     ok = _cli("--frames", frames, "--out", tmp_path / "out", "--random-init", 0, "--embed-dim", 32, "--depth", 4,
-              "--heads", 2, "--patch-embed", "conv", "--layers", "0,1,2,3", "--cache-window", 2, "--no-progress")
+              "--heads", 2, "--patch-embed", "conv", "--layers", 0, 1, 2, 3, "--cache-window", 2, "--no-progress")
     assert ok.returncode == 0, ok.stderr
     tokens = store.open_group(tmp_path / "out" / "tokens.zarr")
     assert sorted(tokens.array_keys()) == ["camera", "layer_00", "layer_01", "layer_02", "layer_03"]

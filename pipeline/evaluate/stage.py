@@ -402,6 +402,9 @@ def evaluate(
     """
     from pipeline.store import atomic_path, open_group, provenance, write_parquet
 
+    from pipeline.devices import resolve_device
+
+    device = resolve_device(device)
     out = Path(out)
     group = open_group(render, what="render")
     attrs = dict(group.attrs)
@@ -475,7 +478,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dataset", help="dataset name in the table (default: scene.json, else the scene's parent folder)")
     parser.add_argument("--scene-name", help="scene name in the table (default: scene.json, else the folder name)")
     parser.add_argument("--figure-frames", type=int, default=3, help="frames per query in the overlay figures")
-    parser.add_argument("--device", default="cpu", help="torch device for decoding latents (cpu, cuda)")
+    parser.add_argument("--device", default="cpu", help="torch device for decoding latents (cpu, auto, cuda)")
     parser.add_argument("--out", required=True, help="output folder: metrics.parquet + figures/")
     add_protocol_arguments(parser)
 

@@ -43,12 +43,7 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def resolve_device(device: str | None = "auto") -> str:
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+from pipeline.devices import resolve_device  # noqa: E402  (re-exported for the feature stages)
 
 
 def set_threads(threads: int | None) -> None:

@@ -179,13 +179,6 @@ def compute_geometry(
             "tokens": str(out_dir / "tokens.zarr"), "geometry": str(out_dir / "geometry.zarr")}
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"expected a comma-separated list of integers, got {text!r}") from None
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--frames", required=True, help="frames.zarr (array rgb [T,H,W,3] uint8) or an image folder")
     parser.add_argument("--out", required=True, help="folder to write tokens.zarr and geometry.zarr into")
@@ -207,8 +200,8 @@ def add_arguments(parser) -> None:
     run.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                      help="aggregator precision; bfloat16 = autocast (heads stay fp32)")
     run.add_argument("--max-size", type=int, default=518, help="longest side after resizing (default 518)")
-    run.add_argument("--layers", default=None,
-                     help="comma-separated aggregator layers to store (default: the DPT layers, 4,11,17,23 at full size)")
+    run.add_argument("--layers", type=int, nargs="+", default=None,
+                     help="aggregator layers to store (default: the DPT layers, 4 11 17 23 at full size)")
     run.add_argument("--ignore-keys", action="append", default=[], metavar="PREFIX",
                      help="checkpoint key prefix to leave unloaded on purpose (track_head. always is)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -231,7 +224,7 @@ def run(args) -> None:
         device=args.device,
         dtype=args.dtype,
         max_size=args.max_size,
-        layers=None if args.layers is None else _int_list(args.layers),
+        layers=args.layers,
         ignore_keys=tuple(args.ignore_keys),
         progress=not args.no_progress,
     )

@@ -284,11 +284,9 @@ def _scene_attrs(scenes: Sequence[SceneData]) -> dict[str, Any]:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested (config key `sbd.device`) but no CUDA device is available")
-    return torch.device(device)
+    from pipeline import devices
+
+    return torch.device(devices.resolve_device(device))
 
 
 def train_sbd(

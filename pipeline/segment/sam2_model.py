@@ -27,9 +27,9 @@ _VIDEO_OVERRIDES = [
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from pipeline.devices import resolve_device
+
+    return torch.device(resolve_device(device))
 
 
 def build_sam2_tracker(
