@@ -216,7 +216,7 @@ def render_frame(t: int, n: int, parts, layout, rng: np.random.Generator):
 
 def _state_captions(t: int, n: int, layout) -> dict[int, str]:
     _, rolling = _ball_x(t, n, layout)
-    lamp = "a desk lamp that is switched on and glowing" if t >= n // 2 else "a desk lamp that is switched off"
+    lamp = "a desk lamp that is switched on" if t >= n // 2 else "a desk lamp that is switched off"
     ball = "a blue ball rolling across the floor" if rolling else "a blue ball lying still on the floor"
     return {1: lamp, 2: ball, 3: "a closed green box", 4: "a red cup standing on the floor"}
 

@@ -29,10 +29,11 @@ def test_missing_checkpoint_names_key_and_path(tmp_path):
         load_state_dict(tmp_path / "nope.safetensors", config_key="geometry.checkpoint", what="StreamVGGT")
 
 
-def test_objects_beyond_tensors_are_refused(tmp_path):
-    class Opaque:
-        pass
+class Opaque:
+    """A pickled Python object, like upstream's argparse Namespace in training checkpoints."""
 
+
+def test_objects_beyond_tensors_are_refused(tmp_path):
     src = tmp_path / "bad.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "args": Opaque()}, src)
     with pytest.raises(UserError, match="weights_only"):

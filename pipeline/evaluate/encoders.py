@@ -1,0 +1,170 @@
+"""Adapter between evaluation and the feature side: text encoders, autoencoder decoders, spaces.
+
+Evaluation needs two things from the feature stages: a decoder from latents to the feature
+space (`pipeline.features.autoencoder.load_autoencoder(path).decode`) and text vectors in that
+same space (`pipeline.features.text.encode_texts(space, texts, query=...)`), or precomputed
+vectors from an npz. Everything else in `pipeline.evaluate` works on the plain objects below,
+so tests build them directly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+
+Decoder = Callable[[torch.Tensor], torch.Tensor]  # [N, k] latents -> [N, D] unit features
+
+
+@dataclass
+class TextVectors:
+    """Unit text vectors by name, in one feature space."""
+
+    vectors: dict[str, np.ndarray]
+    space: Mapping | None  # None when the source did not say
+
+    def matrix(self, names) -> torch.Tensor:
+        missing = [n for n in names if n not in self.vectors]
+        if missing:
+            raise UserError(f"no text embedding for {missing}; have {sorted(self.vectors)[:20]}")
+        m = torch.as_tensor(np.stack([self.vectors[n] for n in names]), dtype=torch.float32)
+        return m / m.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def same_space(a: Mapping | None, b: Mapping | None) -> bool:
+    """Whether two space descriptions name the same encoder (the feature side's rule when present)."""
+    if a is None or b is None:
+        return True  # nothing to compare: the caller decides whether that is acceptable
+    try:
+        from pipeline.features.text import same_space as features_same_space
+    except ImportError:
+        features_same_space = None
+    if features_same_space is not None:
+        return bool(features_same_space(a, b))
+    ignore = {"provenance", "created", "path", "device"}
+    return {k: v for k, v in dict(a).items() if k not in ignore} == {k: v for k, v in dict(b).items() if k not in ignore}
+
+
+def require_same_space(render_space, other_space, *, what: str, other: str) -> None:
+    if not same_space(render_space, other_space):
+        raise UserError(
+            f"language spaces differ: the render's {what} is {json.dumps(render_space, sort_keys=True)} but "
+            f"{other} is {json.dumps(other_space, sort_keys=True)}; relevancy across spaces is meaningless"
+        )
+
+
+def parse_space(value) -> dict | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode()
+    if isinstance(value, np.ndarray):
+        value = value.item()
+    try:
+        out = json.loads(str(value))
+    except ValueError:
+        raise UserError(f"space description is not JSON: {str(value)[:80]!r}") from None
+    return out if isinstance(out, dict) else None
+
+
+def encode_texts(space: Mapping | None, texts: list[str], *, query: bool, what: str) -> TextVectors:
+    """Encode texts with the encoder the space names (the feature side's text module)."""
+    if space is None:
+        raise UserError(f"the render does not record its {what} space; pass --query-embeddings with precomputed vectors")
+    try:
+        from pipeline.features.text import encode_texts as features_encode_texts
+    except ImportError:
+        raise UserError(
+            "text encoders are not available in this installation (pipeline.features.text); "
+            "pass --query-embeddings with precomputed vectors"
+        ) from None
+    texts = list(dict.fromkeys(texts))
+    vecs = np.asarray(features_encode_texts(dict(space), texts, query=query), dtype=np.float32)
+    return TextVectors(vectors=dict(zip(texts, vecs)), space=dict(space))
+
+
+def load_query_embeddings(path: str | Path) -> tuple[TextVectors, TextVectors]:
+    """(clip, e5) vectors from an npz with `clip_names`/`clip_vectors`, `e5_names`/`e5_vectors`
+    and optionally `clip_space`/`e5_space` (JSON strings, as recorded in the render's attrs)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"query embeddings not found: {p} (config key `evaluate.query_embeddings`)")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except Exception as exc:
+        raise UserError(f"{p} is not a readable npz ({exc.__class__.__name__})") from None
+
+    def group(prefix: str) -> TextVectors:
+        if f"{prefix}_names" not in data:
+            return TextVectors(vectors={}, space=None)
+        names = [str(n) for n in data[f"{prefix}_names"]]
+        if f"{prefix}_vectors" not in data:
+            raise UserError(f"{p} has {prefix}_names but no {prefix}_vectors")
+        vecs = np.asarray(data[f"{prefix}_vectors"], dtype=np.float32)
+        if vecs.ndim != 2 or len(vecs) != len(names):
+            raise UserError(f"{p}: {prefix}_vectors must be [{len(names)}, D], got {list(vecs.shape)}")
+        space = parse_space(data[f"{prefix}_space"]) if f"{prefix}_space" in data else None
+        return TextVectors(vectors=dict(zip(names, vecs)), space=space)
+
+    return group("clip"), group("e5")
+
+
+def load_decoder(path: str | Path | None, *, config_key: str, what: str, device: str = "cpu") -> tuple[Decoder, dict | None, int]:
+    """(decode function, recorded space or None, latent dim) of an autoencoder checkpoint."""
+    if path is None or str(path) == "":
+        raise UserError(f"no {what} configured: set `{config_key}` to a .safetensors autoencoder")
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} not found: {p} (config key `{config_key}`; expected a .safetensors autoencoder)")
+    try:
+        from pipeline.features.autoencoder import load_autoencoder
+    except ImportError:
+        raise UserError("the autoencoder loader (pipeline.features.autoencoder) is not available in this installation") from None
+    module = load_autoencoder(p)
+    if hasattr(module, "eval"):
+        module.eval()
+    if hasattr(module, "to"):
+        module.to(device)
+    from pipeline.checkpoints import checkpoint_metadata
+
+    meta = checkpoint_metadata(p)
+    space = parse_space(meta.get("space"))
+    dims = json.loads(meta["encoder_dims"]) if meta.get("encoder_dims") else None
+    latent_dim = int(dims[-1]) if dims else -1
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module.decode(latents.to(device))
+
+    return decode, space, latent_dim
+
+
+def decode_unit(decoder: Decoder, latents: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """Decoded features in float32, L2-normalised again (a no-op for upstream decoders), in chunks."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(latents), chunk):
+            f = decoder(latents[i : i + chunk].float()).float().cpu()
+            outs.append(f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    if not outs:
+        return torch.zeros((0, 0))
+    return torch.cat(outs)
+
+
+def decoded_cosines(decoder: Decoder, latents: torch.Tensor, text: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """Cosines [N, Q] of decoded latents [N, k] with unit text vectors [Q, D], never holding [N, D]."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(latents), chunk):
+            f = decoder(latents[i : i + chunk].float()).float()
+            f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            outs.append((f @ text.to(f.device).T).cpu())
+    return torch.cat(outs) if outs else torch.zeros((0, text.shape[0]))

@@ -1,0 +1,1 @@
+"""Language features: per-mask CLIP-slot embeddings, per-object state-caption embeddings, autoencoders."""

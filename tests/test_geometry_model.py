@@ -1,0 +1,149 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.geometry.heads import pose_encoding_to_cameras, quaternion_to_matrix
+from pipeline.geometry.layers import RotaryEmbedding2D
+from pipeline.geometry.model import GeometryConfig, GeometryModel, config_from_state, random_model
+from pipeline.geometry.runner import run_geometry
+
+# key, shape, dtype of the official StreamVGGT checkpoints.pth (= VGGT-1B model.pt)
+MANIFEST = Path(__file__).parent / "data" / "streamvggt_state_dict_keys.json"
+
+torch.set_num_threads(1)
+
+
+def tiny(patch_embed="conv", depth=4, seed=0):
+    cfg = GeometryConfig.small(embed_dim=64, depth=depth, num_heads=4, patch_embed=patch_embed,
+                               patch_embed_depth=2 if patch_embed == "dinov2" else None, img_size=56)
+    return random_model(cfg, seed).eval()
+
+
+def frames(n, h=56, w=70, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, h, w, generator=g) for _ in range(n)]
+
+
+def outputs(model, imgs, **kw):
+    return list(run_geometry(model, imgs, **kw))
+
+
+def max_diff(a, b, field):
+    if field == "tokens":
+        return max((x.tokens[k] - y.tokens[k]).abs().max().item() for x, y in zip(a, b) for k in x.tokens)
+    return max((getattr(x, field) - getattr(y, field)).abs().max().item() for x, y in zip(a, b))
+
+
+FIELDS = ("tokens", "camera_token", "pose_enc", "depth", "depth_conf", "extrinsics")
+
+
+@pytest.mark.parametrize("patch_embed,depth", [("conv", 4), ("dinov2", 2)])
+def test_stream_equals_batch_and_offline_differs(patch_embed, depth):
+    model = tiny(patch_embed, depth)
+    imgs = frames(5)
+    stream = outputs(model, imgs, mode="stream", cache_window=None)
+    batch = outputs(model, imgs, mode="batch", cache_window=None, chunk_size=None)
+    offline = outputs(model, imgs, mode="offline")
+    assert [o.index for o in stream] == list(range(5))
+    for field in FIELDS:
+        assert max_diff(stream, batch, field) < 1e-5, field
+    assert max_diff(stream, offline, "tokens") > 1e-3
+    assert max_diff(stream, offline, "pose_enc") > 1e-3
+    # frame 0 sees only itself causally, but every frame offline
+    assert (stream[0].tokens[depth - 1] - offline[0].tokens[depth - 1]).abs().max() > 1e-3
+
+
+def test_cache_window_is_respected():
+    model = tiny()
+    imgs = frames(6)
+    window = 2
+    stream = outputs(model, imgs, mode="stream", cache_window=window)
+    batch = outputs(model, imgs, mode="batch", cache_window=window, chunk_size=None)
+    chunked = outputs(model, imgs, mode="batch", cache_window=window, chunk_size=4)
+    unbounded = outputs(model, imgs, mode="stream", cache_window=None)
+    for field in FIELDS:
+        assert max_diff(stream, batch, field) < 1e-5, field
+        assert max_diff(stream, chunked, field) < 1e-5, field
+    # until the window is full the windowed stream is the unbounded one; after that it differs
+    assert max_diff(stream[: window + 1], unbounded[: window + 1], "tokens") < 1e-6
+    for t in range(window + 1, 6):
+        assert max_diff(stream[t : t + 1], unbounded[t : t + 1], "tokens") > 1e-4, t
+
+
+def test_stream_cache_stays_within_window():
+    model = tiny()
+    cache = model.aggregator.new_cache(window=3)
+    with torch.no_grad():
+        for img in frames(7):
+            model.aggregator(img[None, None], keep_layers=[], cache=cache, mask=_causal(3))
+    P = 5 + 4 * 5
+    assert cache.frames_seen == 7
+    for layer in cache.layers:
+        assert layer.frames == 3
+        assert layer.k.shape == (1, 4, 3 * P, 16) and layer.v.shape == layer.k.shape
+
+
+def _causal(window):
+    from pipeline.geometry.layers import TimeMask
+
+    return TimeMask(causal=True, window=window)
+
+
+def test_full_size_model_has_exactly_the_manifest_layout():
+    manifest = {k: tuple(shape) for k, shape, _ in json.loads(MANIFEST.read_text())}
+    with torch.device("meta"):
+        model = GeometryModel(GeometryConfig())
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    not_built = {k for k in manifest if k not in ours}
+    # the only manifest keys we do not build are the track head's (explicitly ignored on load)
+    assert not_built and all(k.startswith("track_head.") for k in not_built)
+    assert set(ours) == set(manifest) - not_built
+    assert all(ours[k] == manifest[k] for k in ours)
+    # 1,256,537,516 (VGGT-1B) minus the 65,941,396-parameter track head
+    assert sum(v.numel() for v in model.state_dict().values()) == 1_256_537_516 - 65_941_396
+    # the architecture is recovered from the shapes alone
+    assert config_from_state(model.state_dict()) == GeometryConfig()
+
+
+def test_rope_depends_only_on_relative_position():
+    rope = RotaryEmbedding2D(100.0)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16, generator=g), torch.randn(1, 1, 1, 16, generator=g)
+    p, r, shift = torch.tensor([[2, 3]]), torch.tensor([[5, 1]]), torch.tensor([[4, 7]])
+    score = (rope(q, p) * rope(k, r)).sum()
+    shifted = (rope(q, p + shift) * rope(k, r + shift)).sum()
+    assert torch.allclose(score, shifted, atol=1e-5)
+    assert not torch.allclose(score, (q * k).sum(), atol=1e-3)
+
+
+def test_pose_encoding_to_cameras():
+    identity = torch.tensor([1.0, 2.0, 3.0, 0, 0, 0, 1.0, 1.2, 1.5])
+    extr, intr = pose_encoding_to_cameras(identity, (392, 518))
+    assert torch.allclose(extr[:, :3], torch.eye(3)) and torch.allclose(extr[:, 3], torch.tensor([1.0, 2.0, 3.0]))
+    assert math.isclose(intr[1, 1].item(), 196 / math.tan(0.6), rel_tol=1e-6)
+    assert math.isclose(intr[0, 0].item(), 259 / math.tan(0.75), rel_tol=1e-6)
+    assert intr[0, 2] == 259 and intr[1, 2] == 196 and intr[2, 2] == 1
+    R = quaternion_to_matrix(torch.randn(10, 4, generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3).expand(10, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(R), torch.ones(10), atol=1e-5)
+    # 90 degrees about z (x, y, z, w)
+    rz = quaternion_to_matrix(torch.tensor([0, 0, 2**-0.5, 2**-0.5]))
+    assert torch.allclose(rz, torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]), atol=1e-6)
+
+
+def test_bfloat16_autocast_runs_close_to_float32():
+    model = tiny()
+    imgs = frames(3)
+    full = outputs(model, imgs, mode="stream", cache_window=None)
+    half = outputs(model, imgs, mode="stream", cache_window=None, dtype="bfloat16")
+    ref = max(x.tokens[3].abs().max().item() for x in full)
+    assert 0 < max_diff(full, half, "tokens") < 0.05 * ref
+    assert all(o.pose_enc.dtype == torch.float32 and o.depth.dtype == torch.float32 for o in half)
+    # the key/value cache is kept in the autocast precision
+    cache = model.aggregator.new_cache(window=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.aggregator(imgs[0][None, None], keep_layers=[], cache=cache, mask=_causal(2))
+    assert cache.layers[0].k.dtype == torch.bfloat16

@@ -1,0 +1,47 @@
+"""The real snakemake on the workflow: lint, config validation, the demo DAG and its no-op rerun."""
+
+import json
+
+import zarr
+
+from conftest import REPO, copy_workflow, snakemake
+
+
+def test_lint_is_clean():
+    proc = snakemake(REPO, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_config_error_names_the_key(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "config.yaml").write_text("scenes:\n  demo:\n    dataset: demo\n    source: demo\n    strde: 2\n")
+    proc = snakemake(workdir, "-n", check=False)
+    assert proc.returncode != 0
+    last = (proc.stdout + proc.stderr).strip().splitlines()[-1]
+    assert last == "config error at `scenes.demo`: Additional properties are not allowed ('strde' was unexpected)"
+    (workdir / "config.yaml").write_text("scenes:\n  clip:\n    dataset: mine\n    source: video\n    stride: 0\n    path: a.mp4\n")
+    last = snakemake(workdir, "-n", check=False).stderr.strip().splitlines()[-1]
+    assert last == "config error at `scenes.clip.stride`: 0 is less than the minimum of 1"
+
+
+def test_demo_dag_runs_and_second_run_does_nothing(demo_workflow):
+    scene = demo_workflow / "results/demo/demo"
+    record = json.loads((scene / "scene.json").read_text())
+    assert record["num_frames"] == 24 and (record["height"], record["width"]) == (168, 224)
+    assert zarr.open_group(str(scene / "frames.zarr"), mode="r")["rgb"].shape == (24, 168, 224, 3)
+    for rule in ("demo_scene", "frames"):
+        assert list((demo_workflow / "logs" / rule).rglob("*.log")), rule
+        assert list((demo_workflow / "benchmarks" / rule).rglob("*.tsv")), rule
+    again = snakemake(demo_workflow)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_per_scene_target_rule(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "config.yaml").write_text(
+        "scenes:\n  one:\n    dataset: demo\n    source: demo\n    num_frames: 8\n"
+        "  two:\n    dataset: demo\n    source: demo\n    num_frames: 8\n    seed: 1\n"
+    )
+    proc = snakemake(workdir, "-n", "scene_two")
+    out = proc.stdout + proc.stderr
+    assert "results/demo/two/frames.zarr" in out and "results/demo/one" not in out
