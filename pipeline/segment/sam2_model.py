@@ -28,10 +28,11 @@ _VIDEO_OVERRIDES = [
 ]
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def pick_device(device: str | None = "auto") -> torch.device:
+    """`auto`: a leased GPU when there is one (see pipeline.devices), else the CPU."""
+    from pipeline.devices import resolve_device
+
+    return torch.device(resolve_device(device or "auto"))
 
 
 def build_sam2_tracker(

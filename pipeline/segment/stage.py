@@ -48,7 +48,7 @@ def segment(
     model_config: str = DEFAULT_MODEL_CONFIG,
     checkpoint: str | os.PathLike | None = None,
     random_init: int | None = None,
-    device: str | None = None,
+    device: str = "auto",
     generator: GeneratorSettings = GeneratorSettings(),
     tracker: TrackerSettings = TrackerSettings(),
     sheet_columns: int = 6,
@@ -191,7 +191,7 @@ def _run_sam2(rgb, writer, *, model_config, checkpoint, random_init, device, gen
                         [cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in id_maps]
                     )
                 writer.write(t, id_maps)
-    return str(dev)
+    return dev.type  # not the index: which GPU ran it does not change the result
 
 
 # ----------------------------------------------------------------------------- command line
@@ -208,7 +208,7 @@ def add_arguments(parser) -> None:
         "--random-init", type=int, default=None, metavar="SEED",
         help="TESTS AND BENCHMARKS ONLY: random SAM 2 weights from SEED instead of --checkpoint",
     )  # fmt: skip
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    parser.add_argument("--device", default="auto", help="auto (a leased GPU when there is one, else cpu), cpu, cuda[:k]")
     parser.add_argument("--sheet-columns", type=int, default=6, help="frames shown in the contact sheet")
     for settings, group_name in ((GeneratorSettings, "automatic masks"), (TrackerSettings, "tracking")):
         group = parser.add_argument_group(group_name)
