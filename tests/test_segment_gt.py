@@ -143,20 +143,18 @@ def test_unknown_backend(tmp_path):
 
 
 def test_gt_backend_on_the_demo_scene(tmp_path):
+    """demo-scene -> frames stage -> segment --backend gt, as the workflow chains them."""
     from pipeline.demo_scene import make_demo_scene
+    from pipeline.frames import extract_frames
 
     src = make_demo_scene(tmp_path / "demo", num_frames=8)
     names = sorted(p.name for p in (src / "rgb/2x").glob("*.png"))
-    frames = np.stack([cv2.cvtColor(cv2.imread(str(src / "rgb/2x" / n)), cv2.COLOR_BGR2RGB) for n in names])
-    gt = {
-        "instance_dir": str(src / "gt/instance"),
-        "part_dir": str(src / "gt/part"),
-        "objects": str(src / "gt/objects.json"),
-    }
-    out = tmp_path / "out"
-    out.mkdir()
-    table, masks_arr = run_gt(out, frames, gt)
-    masks = masks_arr[:]
+    extract_frames("hypernerf", src, tmp_path / "frames.zarr", tmp_path / "scene.json", scene="demo", dataset="demo",
+                   progress=False)  # fmt: skip
+    table = segment(tmp_path / "frames.zarr", tmp_path / "scene.json", **{k: tmp_path / v for k, v in (
+        ("out", "masks.zarr"), ("objects", "objects.parquet"), ("contact_sheet", "masks.png"))}, backend="gt")  # fmt: skip
+    masks = zarr.open_group(str(tmp_path / "masks.zarr"), mode="r")["masks"][:]
+    assert masks.shape[:2] == (4, 8)
     check_invariants(masks, table)
     objects = json.loads((src / "gt/objects.json").read_text())
     visible_objects = set(table.loc[table["level"] == "l", "name"])

@@ -120,7 +120,7 @@ class ScriptedTracker:
         self.h, self.w, self.num_frames, self.vanish_after = h, w, num_frames, vanish_after
         self.prompts, self.removed, self.forgotten = {}, [], []
 
-    def init_state(self, jpeg_dir, **kwargs):
+    def open_video(self, jpeg_dir, num_frames):
         return {"video_height": self.h, "video_width": self.w, "cached_features": {0: (None, 0)}}
 
     def _get_image_feature(self, state, k, batch_size):
@@ -185,3 +185,21 @@ def test_tracking_keeps_ids_adds_new_objects_and_retires_lost_ones():
     assert tracker.removed == [1]  # b retired; a_at_2 was not taken for a new object
     assert sorted(tracker.prompts) == [0, 2]
     assert tracker.forgotten == [1, 2, 3, 4]
+
+
+def test_lazy_frames_match_sam2_video_loader(tmp_path):
+    from PIL import Image
+    from sam2.utils.misc import load_video_frames
+
+    from pipeline.segment.sam2_model import LazyFrames
+
+    rng = np.random.default_rng(0)
+    for t in range(2):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path / f"{t:05d}.jpg")
+    images, height, width = load_video_frames(str(tmp_path), image_size=64, offload_video_to_cpu=True)
+    lazy = LazyFrames(tmp_path, 2, 64)
+    assert (height, width) == (30, 40) and len(lazy) == 2
+    for t in range(2):
+        assert torch.allclose(lazy[t], images[t].float(), atol=1e-6)
+    with pytest.raises(IndexError):
+        lazy[2]

@@ -7,6 +7,8 @@ same module that tracks objects through the video, so the weights are loaded onc
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import torch
 
@@ -26,10 +28,11 @@ _VIDEO_OVERRIDES = [
 ]
 
 
-def pick_device(device: str | None = None) -> torch.device:
+def pick_device(device: str | None = "auto") -> torch.device:
+    """`auto`: a leased GPU when there is one (see pipeline.devices), else the CPU."""
     from pipeline.devices import resolve_device
 
-    return torch.device(resolve_device(device))
+    return torch.device(resolve_device(device or "auto"))
 
 
 def build_sam2_tracker(
@@ -122,6 +125,21 @@ class Sam2Tracker(_tracker_base()):
         )
         state["temp_output_dict_per_obj"][obj_idx]["cond_frame_outputs"][frame_idx] = out
 
+    def open_video(self, jpeg_dir: str | os.PathLike, num_frames: int) -> dict:
+        """An inference state whose frames are decoded when used, not all held in memory.
+
+        SAM 2's own loader keeps every frame as a 1024x1024 float tensor (12.6 MB a frame);
+        here the state is started on the first frame and then given a lazy frame sequence.
+        """
+        jpeg_dir = Path(jpeg_dir)
+        first = jpeg_dir / "first"
+        first.mkdir(exist_ok=True)
+        shutil.copyfile(jpeg_dir / f"{0:05d}.jpg", first / f"{0:05d}.jpg")
+        state = self.init_state(str(first), offload_video_to_cpu=True, offload_state_to_cpu=False)
+        state["images"] = LazyFrames(jpeg_dir, num_frames, self.image_size)
+        state["num_frames"] = num_frames
+        return state
+
     def memory_span(self) -> int:
         """How many past frames of non-conditioning output the model can still read."""
         return max(self.num_maskmem * max(1, self.memory_temporal_stride_for_eval), self.max_obj_ptrs_in_encoder) + 1
@@ -132,3 +150,26 @@ class Sam2Tracker(_tracker_base()):
             old = [t for t in out["non_cond_frame_outputs"] if t < horizon]
             for t in old:
                 del out["non_cond_frame_outputs"][t]
+
+
+class LazyFrames:
+    """Frames of a JPEG folder (00000.jpg ...) prepared the way SAM 2's video loader does."""
+
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+
+    def __init__(self, folder: Path, num_frames: int, image_size: int):
+        self.folder, self.num_frames, self.image_size = Path(folder), num_frames, image_size
+        self.mean = torch.tensor(self.MEAN, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(self.STD, dtype=torch.float32)[:, None, None]
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __getitem__(self, t: int) -> torch.Tensor:
+        from sam2.utils.misc import _load_img_as_tensor
+
+        if not 0 <= t < self.num_frames:
+            raise IndexError(t)
+        image, _, _ = _load_img_as_tensor(str(self.folder / f"{t:05d}.jpg"), self.image_size)
+        return (image.float() - self.mean) / self.std

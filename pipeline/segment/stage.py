@@ -48,10 +48,11 @@ def segment(
     model_config: str = DEFAULT_MODEL_CONFIG,
     checkpoint: str | os.PathLike | None = None,
     random_init: int | None = None,
-    device: str | None = None,
+    device: str = "auto",
     generator: GeneratorSettings = GeneratorSettings(),
     tracker: TrackerSettings = TrackerSettings(),
     sheet_columns: int = 6,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Segment every frame of `frames` at four levels; return the object table."""
     if backend not in BACKENDS:
@@ -91,7 +92,7 @@ def segment(
         else:
             used_device = _run_sam2(
                 rgb, writer, model_config=model_config, checkpoint=checkpoint, random_init=random_init,
-                device=device, generator=generator, tracker=tracker, out=Path(out),
+                device=device, generator=generator, tracker=tracker, out=Path(out), progress=progress,
             )  # fmt: skip
         table, remaps = writer.finish()
         if backend == "gt":
@@ -157,7 +158,23 @@ def working_shape(height: int, width: int, working_size: int) -> tuple[int, int]
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _run_sam2(rgb, writer, *, model_config, checkpoint, random_init, device, generator, tracker, out: Path) -> str:
+@contextlib.contextmanager
+def _quiet_sam2_bars():
+    """SAM 2 draws a progress bar per propagation call (one per detection interval); one overall bar is enough."""
+    import sam2.sam2_video_predictor as video
+    import sam2.utils.misc as misc
+
+    saved = video.tqdm, misc.tqdm
+    video.tqdm = misc.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        video.tqdm, misc.tqdm = saved
+
+
+def _run_sam2(
+    rgb, writer, *, model_config, checkpoint, random_init, device, generator, tracker, out: Path, progress: bool
+) -> str:
     import cv2
     import torch
     from PIL import Image
@@ -180,18 +197,22 @@ def _run_sam2(rgb, writer, *, model_config, checkpoint, random_init, device, gen
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.jpeg-") as jpeg_dir, autocast:
+    with (
+        tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.jpeg-") as jpeg_dir,
+        autocast,
+        _quiet_sam2_bars(),
+    ):
         for t in range(num_frames):  # SAM 2's video loader reads a folder of numbered JPEGs
             Image.fromarray(working_frame(t)).save(Path(jpeg_dir) / f"{t:05d}.jpg", quality=95)
         masks_of = MultiLevelMaskGenerator(model, generator)
-        with tqdm(total=num_frames, desc="segment", unit="frame") as bar:
+        with tqdm(total=num_frames, desc="segment", unit="frame", disable=not progress) as bar:
             for t, id_maps in track(model, jpeg_dir, num_frames, masks_of, tracker, progress=bar):
                 if (work_h, work_w) != (height, width):
                     id_maps = np.stack(
                         [cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in id_maps]
                     )
                 writer.write(t, id_maps)
-    return str(dev)
+    return dev.type  # not the index: which GPU ran it does not change the result
 
 
 # ----------------------------------------------------------------------------- command line
@@ -208,8 +229,9 @@ def add_arguments(parser) -> None:
         "--random-init", type=int, default=None, metavar="SEED",
         help="TESTS AND BENCHMARKS ONLY: random SAM 2 weights from SEED instead of --checkpoint",
     )  # fmt: skip
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    parser.add_argument("--device", default="auto", help="auto (a leased GPU when there is one, else cpu), cpu, cuda[:k]")
     parser.add_argument("--sheet-columns", type=int, default=6, help="frames shown in the contact sheet")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     for settings, group_name in ((GeneratorSettings, "automatic masks"), (TrackerSettings, "tracking")):
         group = parser.add_argument_group(group_name)
         for f in fields(settings):
@@ -224,7 +246,7 @@ def run(args) -> None:
         args.frames, args.scene_json, args.out, args.objects, args.contact_sheet,
         backend=args.backend, model_config=args.model_config, checkpoint=args.checkpoint,
         random_init=args.random_init, device=args.device, generator=pick(GeneratorSettings),
-        tracker=pick(TrackerSettings), sheet_columns=args.sheet_columns,
+        tracker=pick(TrackerSettings), sheet_columns=args.sheet_columns, progress=not args.no_progress,
     )  # fmt: skip
     counts = table.groupby("level", sort=False)["id"].count().reindex(LEVELS, fill_value=0)
     print(json.dumps({"out": str(args.out), "objects_per_level": {k: int(v) for k, v in counts.items()}}))

@@ -95,9 +95,7 @@ def track(
     `generator` wraps the same model and reuses the frame encoding the tracker computed.
     """
     device = tracker.device
-    state = tracker.init_state(
-        jpeg_dir, offload_video_to_cpu=True, offload_state_to_cpu=False, async_loading_frames=False
-    )
+    state = tracker.open_video(jpeg_dir, num_frames)
     tracks: dict[int, _Track] = {}
     obj_counter = itertools.count()
     raw_counters = [itertools.count() for _ in LEVELS]
