@@ -33,7 +33,10 @@ class Part:
     colour: tuple[float, float, float]
 
 
-OBJECTS = {1: "lamp", 2: "blue ball", 3: "green box", 4: "red cup"}
+OBJECTS = {1: "lamp", 2: "blue ball", 3: "green box", 4: "red cup"}  # annotated: the queries
+# Regions every pixel belongs to when no object covers it, as a segmenter would return them;
+# they are ground-truth masks with names and captions, but not annotated as queries.
+BACKGROUND = {5: ("wooden floor", 51), 6: ("wall", 61)}
 STATE_PROMPTS = {"lamp": ("the lamp is switched on", "the lamp is switched off")}
 
 
@@ -181,7 +184,7 @@ def render_frame(t: int, n: int, parts, layout, rng: np.random.Generator):
         glow = 0.55 * np.exp(-((fh[:, 0] - lx) ** 2 + (fh[:, 2] - lz) ** 2) / 0.35)
         floor_rgb = floor_rgb + glow[:, None] * np.array([1.0, 0.8, 0.35])
     best_t[on_floor] = t_floor[on_floor]
-    obj_ids[on_floor] = part_ids[on_floor] = 0
+    obj_ids[on_floor], part_ids[on_floor] = 5, BACKGROUND[5][1]
     colour[on_floor] = floor_rgb
     best_normal[on_floor] = [0.0, 1.0, 0.0]
 
@@ -193,6 +196,7 @@ def render_frame(t: int, n: int, parts, layout, rng: np.random.Generator):
     wall_y = centre[1] + best_t[wall] * dirs[wall, 1]
     colour[wall] = np.array([0.72, 0.76, 0.8]) - 0.06 * np.clip(wall_y, 0, 3)[:, None]
     best_normal[wall] = 0.0
+    obj_ids[wall], part_ids[wall] = 6, BACKGROUND[6][1]
 
     light = np.array([-0.4, 0.8, -0.45])
     light /= np.linalg.norm(light)
@@ -218,7 +222,14 @@ def _state_captions(t: int, n: int, layout) -> dict[int, str]:
     _, rolling = _ball_x(t, n, layout)
     lamp = "a desk lamp that is switched on" if t >= n // 2 else "a desk lamp that is switched off"
     ball = "a blue ball rolling across the floor" if rolling else "a blue ball lying still on the floor"
-    return {1: lamp, 2: ball, 3: "a closed green box", 4: "a red cup standing on the floor"}
+    return {
+        1: lamp,
+        2: ball,
+        3: "a closed green box",
+        4: "a red cup standing on the floor",
+        5: "a wooden checkered floor",
+        6: "a plain grey wall",
+    }
 
 
 def _polygons(mask: np.ndarray) -> list[list[float]]:
@@ -245,7 +256,7 @@ def make_demo_scene(out: str | os.PathLike, *, seed: int = 0, num_frames: int = 
         for sub in ("rgb/2x", "camera", "gt/instance", "gt/part", "gt/depth", "annotations/train"):
             (tmp / sub).mkdir(parents=True, exist_ok=True)
         ids = [f"{i + 1:06d}" for i in range(num_frames)]
-        intrinsics, extrinsics, captions = [], [], {str(k): [] for k in OBJECTS}
+        intrinsics, extrinsics, captions = [], [], {str(k): [] for k in [*OBJECTS, *BACKGROUND]}
         coco_images, coco_annotations = [], []
         category_ids = {name: k for k, name in OBJECTS.items()}
         for t, frame_id in enumerate(ids):
@@ -305,7 +316,7 @@ def make_demo_scene(out: str | os.PathLike, *, seed: int = 0, num_frames: int = 
         objects = [
             {"id": k, "name": name, "parts": [{"id": p.part_id, "name": p.name} for o, p in parts if o == k]}
             for k, name in OBJECTS.items()
-        ]
+        ] + [{"id": k, "name": name, "parts": [{"id": part, "name": name}]} for k, (name, part) in BACKGROUND.items()]
         files = {
             "annotations/train/_annotations.coco.json": coco,
             "annotations/video_annotations.json": video_annotations,

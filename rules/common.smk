@@ -313,3 +313,18 @@ def evaluate_flags(wildcards):
 
 def video_autoencoder_flag(wildcards):
     return f"--video-autoencoder {autoencoder_path(wildcards.scene, 'video')}" if video_enabled() else ""
+
+
+def stage_code(*paths):
+    """Digest of a stage's own modules: a param, so editing a stage's code reruns it and its dependants.
+
+    Snakemake's `code` trigger sees only rule bodies; our stages live in the pipeline package.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for rel in paths:
+        root = Path(workflow.basedir, rel)
+        for source in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+            digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]

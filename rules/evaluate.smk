@@ -17,6 +17,7 @@ rule evaluate:
             subcategory="{scene}",
         ),
     params:
+        code=stage_code("pipeline/evaluate"),
         video=video_autoencoder_flag,
         options=evaluate_flags,
     threads: 2
@@ -47,6 +48,8 @@ rule report:
             caption="../workflow/report/metrics.rst",
             category="Metrics",
         ),
+    params:
+        code=stage_code("pipeline/evaluate/report.py"),
     resources:
         mem_mb=1000,
         runtime=5,

@@ -2,6 +2,7 @@ rule demo_scene:
     output:
         directory("resources/demo/{scene}"),
     params:
+        code=stage_code("pipeline/demo_scene.py"),
         seed=scene_setting("seed"),
         frames=scene_setting("num_frames"),
     log:
@@ -21,6 +22,7 @@ rule frames:
         frames=directory("results/{dataset}/{scene}/frames.zarr"),
         scene="results/{dataset}/{scene}/scene.json",
     params:
+        code=stage_code("pipeline/frames.py", "pipeline/readers.py"),
         kind=frames_kind,
         stride=scene_setting("stride"),
         max_frames=optional_flag("--max-frames", "max_frames"),

@@ -13,6 +13,7 @@ rule segment:
             subcategory="{scene}",
         ),
     params:
+        code=stage_code("pipeline/segment"),
         options=flags(
             "segment",
             "backend",

@@ -11,6 +11,7 @@ rule train:
             subcategory="{scene}",
         ),
     params:
+        code=stage_code("pipeline/sbd"),
         inputs=training_arguments,
         # checkpoints to resume from are not outputs: Snakemake would delete them before a rerun
         checkpoints="results/{dataset}/{scene}/sbd_checkpoints",
@@ -37,6 +38,7 @@ use rule train as train_shared with:
         log="results/_all/train_log.parquet",
         plot="results/_all/loss.png",
     params:
+        code=stage_code("pipeline/sbd"),
         inputs=training_arguments,
         checkpoints="results/_all/sbd_checkpoints",
         options=sbd_flags,
@@ -53,6 +55,7 @@ rule render:
     output:
         directory("results/{dataset}/{scene}/render.zarr"),
     params:
+        code=stage_code("pipeline/sbd"),
         options=flags("sbd", "device"),
     threads: 2
     resources:

@@ -27,9 +27,9 @@ def test_layout_and_ground_truth(demo_scene):
     rgb = _read(frames[0])
     assert rgb.shape == (168, 224, 3) and rgb.shape[0] % 14 == 0 and rgb.shape[1] % 14 == 0
     objects = json.loads((demo_scene / "gt/objects.json").read_text())
-    assert [o["name"] for o in objects] == list(OBJECTS.values())
+    assert [o["name"] for o in objects] == [*OBJECTS.values(), "wooden floor", "wall"]
     inst = _read(demo_scene / "gt/instance/000001.png")
-    assert set(np.unique(inst)) == {0, 1, 2, 3, 4}  # every object is in view
+    assert set(np.unique(inst)) == {1, 2, 3, 4, 5, 6}  # every object in view; floor and wall cover the rest
     part = _read(demo_scene / "gt/part/000001.png")
     part_ids = {p["id"] for o in objects for p in o["parts"]}
     assert set(np.unique(part)) - {0} <= part_ids

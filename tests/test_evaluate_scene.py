@@ -1,6 +1,7 @@
 """The whole evaluation on a small synthetic scene whose answers are known by construction."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -138,7 +139,11 @@ def _autoencoder_files(tmp_path, monkeypatch, clip_space=syn.CLIP_SPACE):
         save_file({"basis": dec.basis.contiguous()}, str(tmp_path / name),
                   metadata={"encoder_dims": json.dumps(dims), "space": json.dumps(space)})
     stub = types.ModuleType("pipeline.features.autoencoder")
-    stub.load_autoencoder = lambda path: decoders[str(path).split("/")[-1]]
+    # like the real loader: (module, metadata with JSON values parsed)
+    stub.load_autoencoder = lambda path: (
+        decoders[Path(path).name],
+        {"encoder_dims": meta[Path(path).name][0], "space": meta[Path(path).name][1]},
+    )
     monkeypatch.setitem(sys.modules, "pipeline.features.autoencoder", stub)
     if "pipeline.features" not in sys.modules:
         monkeypatch.setitem(sys.modules, "pipeline.features", types.ModuleType("pipeline.features"))

@@ -68,7 +68,7 @@ def test_demo_features_and_autoencoders(demo, capsys):
 
     video = read_feature_table(root / "video_features.zarr")
     captions = pd.read_parquet(root / "captions.parquet")
-    assert sorted(captions["object_id"].unique()) == [0, 1, 2, 3]  # id 0 and the highest id 3 included
+    assert sorted(captions["object_id"].unique()) == [0, 1, 2, 3, 4, 5]  # id 0 and the highest id (5, the wall) included
     gt = json.loads((root / "src/gt/captions.json").read_text())
     for rec in captions.itertuples():
         assert rec.caption == gt[str(rec.object_id + 1)][rec.source_index]

@@ -128,16 +128,11 @@ def load_decoder(path: str | Path | None, *, config_key: str, what: str, device:
         from pipeline.features.autoencoder import load_autoencoder
     except ImportError:
         raise UserError("the autoencoder loader (pipeline.features.autoencoder) is not available in this installation") from None
-    module = load_autoencoder(p)
-    if hasattr(module, "eval"):
-        module.eval()
-    if hasattr(module, "to"):
-        module.to(device)
-    from pipeline.checkpoints import checkpoint_metadata
-
-    meta = checkpoint_metadata(p)
+    module, meta = load_autoencoder(p)
+    module.eval().to(device)
     space = parse_space(meta.get("space"))
-    dims = json.loads(meta["encoder_dims"]) if meta.get("encoder_dims") else None
+    dims = meta.get("encoder_dims")
+    dims = json.loads(dims) if isinstance(dims, str) else dims
     latent_dim = int(dims[-1]) if dims else -1
 
     def decode(latents: torch.Tensor) -> torch.Tensor:
