@@ -52,7 +52,7 @@ def _scene_parts(rng: np.random.Generator) -> tuple[list[tuple[int, Part]], dict
         (2, Part(21, "blue ball", "sphere", (0.19,), (0.15, 0.3, 0.85))),
         (3, Part(31, "box body", "box", (bx0, 0.0, bz, bx0 + 0.38, 0.3, bz + 0.38), (0.2, 0.62, 0.25))),
         (3, Part(32, "box lid", "box", (bx0 - 0.02, 0.3, bz - 0.02, bx0 + 0.4, 0.36, bz + 0.4), (0.1, 0.42, 0.15))),
-        (4, Part(41, "red cup", "cylinder", (cx, cz, 0.11, 0.0, 0.24), (0.85, 0.15, 0.12))),
+        (4, Part(41, "red cup", "cylinder", (cx, cz, 0.15, 0.0, 0.32), (0.85, 0.15, 0.12))),
     ]
     layout = {"lamp": (lx, lz), "ball_z": -0.35 + jitter(0.05), "ball_x": (-0.55, 0.6)}
     return parts, layout
@@ -220,7 +220,7 @@ def render_frame(t: int, n: int, parts, layout, rng: np.random.Generator):
 
 def _state_captions(t: int, n: int, layout) -> dict[int, str]:
     _, rolling = _ball_x(t, n, layout)
-    lamp = "a desk lamp that is switched on" if t >= n // 2 else "a desk lamp that is switched off"
+    lamp = "a desk lamp switched on and shining" if t >= n // 2 else "a dark desk lamp switched off"
     ball = "a blue ball rolling across the floor" if rolling else "a blue ball lying still on the floor"
     return {
         1: lamp,

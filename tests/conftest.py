@@ -82,3 +82,51 @@ def demo_workflow(tmp_path_factory) -> Path:
     workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
     snakemake(workdir)
     return workdir
+
+
+def small_config() -> dict:
+    """The demo configuration shrunk for tests: two 8-frame demo scenes, a few epochs."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["scenes"] = {
+        "one": {"dataset": "demo", "source": "demo", "num_frames": 8, "seed": 0},
+        "two": {"dataset": "demo", "source": "demo", "num_frames": 8, "seed": 1},
+    }
+    cfg["autoencoder"]["clip"]["epochs"] = 10
+    cfg["autoencoder"]["video"]["epochs"] = 10
+    cfg["sbd"].update(epochs=4, save_every=1)
+    return cfg
+
+
+def write_config(workdir: Path, cfg: dict, name: str = "small.yaml") -> Path:
+    import yaml
+
+    path = workdir / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_workflow(tmp_path_factory) -> Path:
+    """Two small demo scenes through the whole DAG, run once by the real snakemake."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("small"))
+    write_config(workdir, small_config())
+    snakemake(workdir, "--configfile", "small.yaml")
+    return workdir
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, set[str]]:
+    """rule -> set of scenes (or '-') that a dry run would run, parsed from its job listing."""
+    jobs: dict[str, set[str]] = {}
+    rule = None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        line = line.strip()
+        if line.startswith(("rule ", "localrule ")) and line.endswith(":"):
+            rule = line.split()[1].rstrip(":")
+            jobs.setdefault(rule, set())
+        elif rule and line.startswith("wildcards:"):
+            scene = [w.split("=")[1] for w in line[len("wildcards:") :].split(",") if w.strip().startswith("scene=")]
+            jobs[rule].add(scene[0] if scene else "-")
+    jobs.pop("all", None)
+    return jobs
