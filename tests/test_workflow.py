@@ -45,3 +45,26 @@ def test_per_scene_target_rule(tmp_path):
     proc = snakemake(workdir, "-n", "scene_two")
     out = proc.stdout + proc.stderr
     assert "results/demo/two/frames.zarr" in out and "results/demo/one" not in out
+
+
+def test_demo_evaluation_is_well_above_chance(demo_workflow):
+    """The whole language chain on the demo: queries find their objects, states are told apart."""
+    import pandas as pd
+
+    metrics = pd.read_parquet(demo_workflow / "results/demo/demo/eval/metrics.parquet")
+    scene = metrics[metrics["aggregation"] == "query_mean"]
+
+    def value(task, metric, variant=None):
+        rows = scene[(scene["task"] == task) & (scene["metric"] == metric)]
+        if variant is not None:
+            rows = rows[rows["variant"] == variant]
+        assert len(rows) == 1, (task, metric, variant)
+        return float(rows["value"].iloc[0])
+
+    assert value("time_agnostic", "mIoU") > 0.4
+    assert value("time_sensitive", "Acc", "video") > 0.7  # two states: chance is 0.5
+    report = (demo_workflow / "results/reports/metrics.md").read_text()
+    assert "| demo |" in report and "**mean**" in report
+    figures = sorted(p.name for p in (demo_workflow / "results/demo/demo/eval/figures").glob("*.png"))
+    assert figures == ["blue_ball.png", "green_box.png", "lamp.png", "red_cup.png",
+                       "the_lamp_is_switched_off.png", "the_lamp_is_switched_on.png"]  # fmt: skip
