@@ -318,13 +318,19 @@ def video_autoencoder_flag(wildcards):
 def stage_code(*paths):
     """Digest of a stage's own modules: a param, so editing a stage's code reruns it and its dependants.
 
-    Snakemake's `code` trigger sees only rule bodies; our stages live in the pipeline package.
+    Snakemake's `code` trigger sees only rule bodies; our stages live in the `pipeline` package,
+    digested where the jobs import it from (the checkout, for the editable install `make` does).
     """
     import hashlib
+    import importlib.util
 
+    spec = importlib.util.find_spec("pipeline")
+    if spec is None or not spec.submodule_search_locations:
+        return "unknown"
+    root = Path(list(spec.submodule_search_locations)[0]).parent
     digest = hashlib.sha256()
     for rel in paths:
-        root = Path(workflow.basedir, rel)
-        for source in sorted(root.rglob("*.py")) if root.is_dir() else [root]:
+        location = root / rel
+        for source in sorted(location.rglob("*.py")) if location.is_dir() else [location]:
             digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
