@@ -119,14 +119,19 @@ def small_workflow(tmp_path_factory) -> Path:
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, set[str]]:
     """rule -> set of scenes (or '-') that a dry run would run, parsed from its job listing."""
     jobs: dict[str, set[str]] = {}
-    rule = None
+    rule, seen_wildcards = None, False
     for line in (proc.stdout + proc.stderr).splitlines():
         line = line.strip()
         if line.startswith(("rule ", "localrule ")) and line.endswith(":"):
-            rule = line.split()[1].rstrip(":")
+            if rule and not seen_wildcards:
+                jobs[rule].add("-")
+            rule, seen_wildcards = line.split()[1].rstrip(":"), False
             jobs.setdefault(rule, set())
         elif rule and line.startswith("wildcards:"):
+            seen_wildcards = True
             scene = [w.split("=")[1] for w in line[len("wildcards:") :].split(",") if w.strip().startswith("scene=")]
             jobs[rule].add(scene[0] if scene else "-")
+    if rule and not seen_wildcards:
+        jobs[rule].add("-")
     jobs.pop("all", None)
     return jobs

@@ -4,7 +4,7 @@ import json
 
 import zarr
 
-from conftest import REPO, copy_workflow, snakemake
+from conftest import REPO, copy_workflow, small_config, snakemake, write_config
 
 
 def test_lint_is_clean():
@@ -38,10 +38,7 @@ def test_demo_dag_runs_and_second_run_does_nothing(demo_workflow):
 
 def test_per_scene_target_rule(tmp_path):
     workdir = copy_workflow(tmp_path)
-    (workdir / "config.yaml").write_text(
-        "scenes:\n  one:\n    dataset: demo\n    source: demo\n    num_frames: 8\n"
-        "  two:\n    dataset: demo\n    source: demo\n    num_frames: 8\n    seed: 1\n"
-    )
+    write_config(workdir, small_config(), "config.yaml")  # scenes `one` and `two`
     proc = snakemake(workdir, "-n", "scene_two")
     out = proc.stdout + proc.stderr
     assert "results/demo/two/frames.zarr" in out and "results/demo/one" not in out
