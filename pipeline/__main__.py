@@ -48,13 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown stage {name!r}; run `python -m pipeline --help` for the list", file=sys.stderr)
         return 2
     module_name, summary = STAGES[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            print(f"error: stage {name!r} is not built yet ({module_name})", file=sys.stderr)
-            return 2
-        raise
+    module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(
         prog=f"python -m pipeline {name}",
         description=(module.__doc__ or summary).strip(),
