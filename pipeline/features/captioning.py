@@ -110,7 +110,7 @@ class CaptionCache:
 class VlmCaptioner:
     """A local Qwen2-VL (or any image-text-to-text model with a chat template), greedy decoding."""
 
-    def __init__(self, path: str | os.PathLike | None, *, device: str = "cpu", max_new_tokens: int = 128, config_key="features.video.vlm_path"):
+    def __init__(self, path: str | os.PathLike | None, *, device: str = "cpu", max_new_tokens: int = 128, config_key="features.video.vlm"):
         if path is None or str(path) == "":
             raise UserError(f"no captioning model configured: set `{config_key}` to a local Qwen2-VL folder")
         p = Path(path)

