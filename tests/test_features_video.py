@@ -107,7 +107,7 @@ def test_vlm_captions_each_object_once_per_frame_and_caches(scene, tiny_vlm, tmp
 
 
 def test_missing_vlm_is_a_clear_error(scene, tmp_path):
-    with pytest.raises(UserError, match=r"features\.video\.vlm_path"):
+    with pytest.raises(UserError, match=r"config key `features\.video\.vlm`"):
         video_features(scene["frames"], scene["masks"], tmp_path / "v.zarr", captioner="vlm",
                        vlm_path=tmp_path / "no-model", device="cpu")
     assert not (tmp_path / "v.zarr").exists()
