@@ -148,25 +148,24 @@ def load_autoencoder(
 
 
 @torch.no_grad()
+def _map_rows(fn, rows, width: int, *, batch_size: int, device: str):
+    """fn over float rows in batches -> float32 numpy [N, width]."""
+    import numpy as np
+
+    out = []
+    for i in range(0, len(rows), batch_size):
+        x = torch.as_tensor(np.asarray(rows[i : i + batch_size]), dtype=torch.float32, device=device)
+        out.append(fn(x).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+
 def encode_array(model: Autoencoder, features, *, batch_size: int = 65536, device: str = "cpu"):
     """Latents of float rows [N, D] -> float32 numpy [N, latent] (eval mode)."""
-    import numpy as np
-
     model.eval()
-    out = []
-    for i in range(0, len(features), batch_size):
-        x = torch.as_tensor(np.asarray(features[i : i + batch_size]), dtype=torch.float32, device=device)
-        out.append(model.encode(x).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.latent_dim), np.float32)
+    return _map_rows(model.encode, features, model.latent_dim, batch_size=batch_size, device=device)
 
 
-@torch.no_grad()
 def decode_array(model: Autoencoder, latents, *, batch_size: int = 65536, device: str = "cpu"):
-    import numpy as np
-
+    """Unit features of latent rows [N, latent] -> float32 numpy [N, D] (eval mode)."""
     model.eval()
-    out = []
-    for i in range(0, len(latents), batch_size):
-        z = torch.as_tensor(np.asarray(latents[i : i + batch_size]), dtype=torch.float32, device=device)
-        out.append(model.decode(z).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.input_dim), np.float32)
+    return _map_rows(model.decode, latents, model.input_dim, batch_size=batch_size, device=device)

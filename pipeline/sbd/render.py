@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from pipeline import store
 from pipeline.checkpoints import checkpoint_metadata, load_state_dict
+from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 from pipeline.sbd.data import TokenReader
 from pipeline.sbd.model import LEVELS, UPSTREAM_LAYERS, DecoderConfig, SemanticBridgingDecoder, infer_config
@@ -81,9 +82,7 @@ def render_sbd(
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from pipeline.sbd.train import resolve_device
-
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     tokens = TokenReader(tokens_path)
     model, meta = load_decoder(checkpoint, patch_size=tokens.patch_size, config_key=config_key, device=dev)
     cfg = model.config

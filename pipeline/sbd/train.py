@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import store
+from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 from pipeline.sbd.data import SceneData, SceneSources, iterate_steps, steps_per_epoch
 from pipeline.sbd.model import DecoderConfig, SemanticBridgingDecoder
@@ -283,12 +284,6 @@ def _scene_attrs(scenes: Sequence[SceneData]) -> dict[str, Any]:
     }
 
 
-def resolve_device(device: str) -> torch.device:
-    from pipeline import devices
-
-    return torch.device(devices.resolve_device(device))
-
-
 def train_sbd(
     scenes: Sequence[SceneSources],
     out: str | Path,
@@ -319,7 +314,7 @@ def train_sbd(
     log_path = Path(log_path) if log_path else out.with_name("train_log.parquet")
     plot_path = Path(plot_path) if plot_path else out.with_name("loss.png")
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.stem + "_checkpoints")
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     use_amp = bool(settings.amp and dev.type == "cuda")
 
     data = [SceneData(s) for s in scenes]

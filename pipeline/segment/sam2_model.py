@@ -28,13 +28,6 @@ _VIDEO_OVERRIDES = [
 ]
 
 
-def pick_device(device: str | None = "auto") -> torch.device:
-    """`auto`: a leased GPU when there is one (see pipeline.devices), else the CPU."""
-    from pipeline.devices import resolve_device
-
-    return torch.device(resolve_device(device or "auto"))
-
-
 def build_sam2_tracker(
     model_config: str,
     checkpoint: str | os.PathLike | None,

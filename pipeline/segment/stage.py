@@ -181,11 +181,14 @@ def _run_sam2(
     from tqdm import tqdm
 
     from pipeline.segment.generator import MultiLevelMaskGenerator
-    from pipeline.segment.sam2_model import build_sam2_tracker, pick_device
+    import torch
+
+    from pipeline.devices import resolve_device
+    from pipeline.segment.sam2_model import build_sam2_tracker
     from pipeline.segment.tracker import track
 
     num_frames, height, width = (int(x) for x in rgb.shape[:3])
-    dev = pick_device(device)
+    dev = torch.device(resolve_device(device))
     model = build_sam2_tracker(model_config, checkpoint, device=dev, random_init=random_init)
     work_h, work_w = working_shape(height, width, tracker.working_size)
 
