@@ -67,6 +67,7 @@ class TrainSettings:
     rgb_loss: bool = True  # upstream --joint_train
     lambda_video: float = 1.0  # ours: weight of the video head's L1 + cosine
     cos_over_width: bool = False  # upstream quirk: cosine over the image-width axis
+    balance_objects: bool = False  # ours: every object of a frame weighs the same in the latent losses
     seed: int = 42
     amp: bool = True  # CUDA only; CPU always runs fp32
 
@@ -86,7 +87,7 @@ def lr_at(settings: TrainSettings, epoch_float: float) -> float:
 
 
 # ----------------------------------------------------------------------------- losses
-def _cos_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, channel_dim: int, over_width: bool) -> torch.Tensor:
+def _cos_loss(pred, target, valid, *, channel_dim: int, over_width: bool, weight=None) -> torch.Tensor:
     if over_width:
         # Upstream: 1 - cos over the last (image-width) axis of the masked tensors.
         m = valid.unsqueeze(channel_dim).to(pred.dtype)
@@ -94,20 +95,27 @@ def _cos_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, 
     cos = F.cosine_similarity(pred, target, dim=channel_dim)
     if not bool(valid.any()):
         return pred.sum() * 0.0
-    return (1.0 - cos)[valid].mean()
+    if weight is None:
+        return (1.0 - cos)[valid].mean()
+    return ((1.0 - cos) * weight)[valid].sum() / weight[valid].sum().clamp_min(1e-12)
 
 
-def _masked_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, channel_dim: int) -> torch.Tensor:
+def _masked_l1(pred, target, valid, *, channel_dim: int, weight=None) -> torch.Tensor:
     # As upstream: L1 of the masked tensors, averaged over every element (masked ones count as 0).
     m = valid.unsqueeze(channel_dim).to(pred.dtype)
+    if weight is not None:  # per-pixel weights averaging 1 over the valid pixels
+        m = m * weight.unsqueeze(channel_dim).to(pred.dtype)
     return (pred * m - target * m).abs().mean()
 
 
 def sbd_losses(pred: dict[str, torch.Tensor], batch: dict[str, Any], settings: TrainSettings) -> dict[str, torch.Tensor]:
     lang = pred["lang"].float()
+    balance = settings.balance_objects
+    lang_weight = batch["lang_weight"] if balance else None
     parts = {
-        "lang_l1": _masked_l1(lang, batch["lang"], batch["lang_valid"], channel_dim=2),
-        "lang_cos": _cos_loss(lang, batch["lang"], batch["lang_valid"], channel_dim=2, over_width=settings.cos_over_width),
+        "lang_l1": _masked_l1(lang, batch["lang"], batch["lang_valid"], channel_dim=2, weight=lang_weight),
+        "lang_cos": _cos_loss(lang, batch["lang"], batch["lang_valid"], channel_dim=2,
+                              over_width=settings.cos_over_width, weight=lang_weight),
     }
     total = settings.lambda_l1 * parts["lang_l1"] + settings.lambda_cos * parts["lang_cos"]
     rgb = pred["rgb"].float()
@@ -117,10 +125,10 @@ def sbd_losses(pred: dict[str, torch.Tensor], batch: dict[str, Any], settings: T
         total = total + settings.lambda_rgb * parts["rgb_l1"] + (1.0 - settings.lambda_rgb) * parts["rgb_l2"]
     if "video" in pred and "video" in batch:
         video = pred["video"].float()
-        parts["video_l1"] = _masked_l1(video, batch["video"], batch["video_valid"], channel_dim=1)
-        parts["video_cos"] = _cos_loss(
-            video, batch["video"], batch["video_valid"], channel_dim=1, over_width=settings.cos_over_width
-        )
+        video_weight = batch["video_weight"] if balance else None
+        parts["video_l1"] = _masked_l1(video, batch["video"], batch["video_valid"], channel_dim=1, weight=video_weight)
+        parts["video_cos"] = _cos_loss(video, batch["video"], batch["video_valid"], channel_dim=1,
+                                       over_width=settings.cos_over_width, weight=video_weight)
         total = total + settings.lambda_video * (settings.lambda_l1 * parts["video_l1"] + settings.lambda_cos * parts["video_cos"])
     parts["loss"] = total
     return parts
@@ -507,6 +515,7 @@ def add_arguments(parser) -> None:
     t.add_argument("--no-rgb-loss", action="store_true", help="train without RGB reconstruction")
     t.add_argument("--lambda-video", type=float, default=d.lambda_video)
     t.add_argument("--cos-over-width", action="store_true", help="upstream quirk: cosine over the image-width axis")
+    t.add_argument("--balance-objects", action="store_true", help="weight latent losses so every object counts equally")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
@@ -544,6 +553,7 @@ def run(args) -> None:
         rgb_loss=not args.no_rgb_loss,
         lambda_video=args.lambda_video,
         cos_over_width=args.cos_over_width,
+        balance_objects=args.balance_objects,
         seed=args.seed,
         amp=not args.no_amp,
     )
