@@ -38,6 +38,9 @@ OBJECTS = {1: "lamp", 2: "blue ball", 3: "green box", 4: "red cup"}  # annotated
 # they are ground-truth masks with names and captions, but not annotated as queries.
 BACKGROUND = {5: ("wooden floor", 51), 6: ("wall", 61)}
 STATE_PROMPTS = {"lamp": ("the lamp is switched on", "the lamp is switched off")}
+# A lamp that is on lights itself: the shade glows and its light falls on the pole and base, so
+# every part of the object shows its state (the state caption covers the whole object).
+LAMP_ON_COLOURS = {11: (0.55, 0.48, 0.3), 12: (0.9, 0.8, 0.5), 13: (1.0, 0.88, 0.42)}
 
 
 def _scene_parts(rng: np.random.Generator) -> tuple[list[tuple[int, Part]], dict]:
@@ -46,13 +49,13 @@ def _scene_parts(rng: np.random.Generator) -> tuple[list[tuple[int, Part]], dict
     bx0, bz = 0.45 + jitter(0.05), 0.35 + jitter(0.05)
     cx, cz = 0.0 + jitter(0.05), 0.55 + jitter(0.05)
     parts = [
-        (1, Part(11, "lamp base", "cylinder", (lx, lz, 0.2, 0.0, 0.05), (0.25, 0.25, 0.28))),
-        (1, Part(12, "lamp pole", "cylinder", (lx, lz, 0.035, 0.05, 0.62), (0.55, 0.55, 0.58))),
-        (1, Part(13, "lamp shade", "cylinder", (lx, lz, 0.24, 0.62, 0.9), (0.62, 0.6, 0.52))),
+        (1, Part(11, "lamp base", "cylinder", (lx, lz, 0.22, 0.0, 0.06), (0.25, 0.25, 0.28))),
+        (1, Part(12, "lamp pole", "cylinder", (lx, lz, 0.06, 0.06, 0.6), (0.55, 0.55, 0.58))),
+        (1, Part(13, "lamp shade", "cylinder", (lx, lz, 0.28, 0.6, 0.95), (0.62, 0.6, 0.52))),
         (2, Part(21, "blue ball", "sphere", (0.19,), (0.15, 0.3, 0.85))),
         (3, Part(31, "box body", "box", (bx0, 0.0, bz, bx0 + 0.38, 0.3, bz + 0.38), (0.2, 0.62, 0.25))),
         (3, Part(32, "box lid", "box", (bx0 - 0.02, 0.3, bz - 0.02, bx0 + 0.4, 0.36, bz + 0.4), (0.1, 0.42, 0.15))),
-        (4, Part(41, "red cup", "cylinder", (cx, cz, 0.15, 0.0, 0.32), (0.85, 0.15, 0.12))),
+        (4, Part(41, "red cup", "cylinder", (cx, cz, 0.21, 0.0, 0.4), (0.85, 0.15, 0.12))),
     ]
     layout = {"lamp": (lx, lz), "ball_z": -0.35 + jitter(0.05), "ball_x": (-0.55, 0.6)}
     return parts, layout
@@ -154,10 +157,7 @@ def render_frame(t: int, n: int, parts, layout, rng: np.random.Generator):
         closer = t_hit < best_t
         best_t[closer], best_normal[closer] = t_hit[closer], normal[closer]
         obj_ids[closer], part_ids[closer] = obj_id, part.part_id
-        shade = part.colour
-        if part.part_id == 13 and lamp_on:
-            shade = (1.0, 0.88, 0.42)
-        colour[closer] = shade
+        colour[closer] = LAMP_ON_COLOURS.get(part.part_id, part.colour) if (lamp_on and obj_id == 1) else part.colour
 
     # floor (a round table top) and a surrounding wall, both background
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -181,7 +181,7 @@ def render_frame(t: int, n: int, parts, layout, rng: np.random.Generator):
         shadow *= 1.0 - 0.35 * np.exp(-d2)
     floor_rgb = floor_rgb * shadow[:, None]
     if lamp_on:
-        glow = 0.55 * np.exp(-((fh[:, 0] - lx) ** 2 + (fh[:, 2] - lz) ** 2) / 0.35)
+        glow = 0.3 * np.exp(-((fh[:, 0] - lx) ** 2 + (fh[:, 2] - lz) ** 2) / 0.15)
         floor_rgb = floor_rgb + glow[:, None] * np.array([1.0, 0.8, 0.35])
     best_t[on_floor] = t_floor[on_floor]
     obj_ids[on_floor], part_ids[on_floor] = 5, BACKGROUND[5][1]
