@@ -93,7 +93,7 @@ def prepare_base(root: Path, cfg: dict, reuse: Path | None) -> Path:
             shutil.copytree(reuse / name, base / name, symlinks=True, ignore=shutil.ignore_patterns("locks", "log"))
     (base / "run.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     print("running the demo DAG once for the shared frames, masks, features and tokens ...", flush=True)
-    snakemake(base, 2, environment("native"))
+    snakemake(base, 2, environment("native"), "--omit-from", FIRST_RERUN_RULE)
     return base
 
 
