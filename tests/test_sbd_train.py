@@ -184,3 +184,39 @@ def test_worker_prefetching_yields_the_same_batches_as_the_main_process(tmp_path
         assert torch.equal(a["lang"], b["lang"]) and torch.equal(a["video_valid"], b["video_valid"])
     plan = [f for e in (0, 1, 2) for _, f in epoch_batches([3], 2, 5, e)]
     assert [b["frames"] for b in main] == plan[1:5]
+
+
+def test_object_balance_gives_every_object_the_same_weight():
+    from pipeline.sbd.data import object_balance
+
+    ids = np.zeros((10, 10), np.int64)
+    ids[:2, :2] = 1  # a 4-pixel object beside a 94-pixel one
+    ids[9, 9] = 2
+    ids[9, 8] = -1
+    valid = torch.from_numpy(ids >= 0)
+    w = object_balance(ids, valid).numpy()
+    assert w[~valid.numpy()].sum() == 0
+    assert np.isclose(w[valid.numpy()].mean(), 1.0)
+    totals = [w[ids == k].sum() for k in (0, 1, 2)]
+    np.testing.assert_allclose(totals, [totals[0]] * 3, rtol=1e-6)
+    assert np.all(object_balance(ids, torch.zeros_like(valid)).numpy() == 0)
+
+
+def test_balanced_loss_equals_the_plain_loss_when_objects_are_equal():
+    from pipeline.sbd.data import object_balance
+    from pipeline.sbd.train import _masked_l1
+
+    ids = np.zeros((8, 8), np.int64)
+    ids[:, 4:] = 1  # two objects of 32 pixels
+    valid = torch.from_numpy(ids >= 0)
+    pred, target = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    w = object_balance(ids, valid)[None]
+    plain = _masked_l1(pred, target, valid[None], channel_dim=1)
+    balanced = _masked_l1(pred, target, valid[None], channel_dim=1, weight=w)
+    assert torch.allclose(plain, balanced)
+    ids[:, 1:] = 1  # now 8 vs 56 pixels: the small object's error counts 3.5x more than before
+    w = object_balance(ids, valid)[None]
+    err = torch.zeros(1, 3, 8, 8)
+    err[..., :1] = 1.0
+    assert _masked_l1(err, torch.zeros_like(err), valid[None], channel_dim=1, weight=w) > 3 * _masked_l1(
+        err, torch.zeros_like(err), valid[None], channel_dim=1)
