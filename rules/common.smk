@@ -286,7 +286,8 @@ def training_arguments(wildcards):
 def sbd_flags(wildcards):
     return flags("sbd", "epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "schedule", "features",
                  "hidden_dim", "out_channels", "video_hidden_dim", "lambda_l1", "lambda_cos", "lambda_rgb",
-                 "lambda_video", "cos_over_width", "balance_objects", "save_every", "seed", "num_workers", "device")(wildcards)  # fmt: skip
+                 "lambda_video", "cos_over_width", "balance_objects", "output_placement", "save_every", "seed",
+                 "num_workers", "device")(wildcards)  # fmt: skip
 
 
 def sbd_weights_for(wildcards):

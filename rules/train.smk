@@ -56,7 +56,7 @@ rule render:
         directory("results/{dataset}/{scene}/render.zarr"),
     params:
         code=stage_code("pipeline/sbd"),
-        options=flags("sbd", "device"),
+        options=flags("sbd", "device", "output_placement"),
     threads: 2
     resources:
         gpu=1,

@@ -13,6 +13,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow", "envs")
+SHARED_REFERENCE = REPO.parent / "shared" / "reference"  # beside the checkout, as CI lays it out
+
+
+def shared_reference(*parts: str) -> Path:
+    """A file of ../shared/reference; a missing one fails the test (never skips it)."""
+    path = SHARED_REFERENCE.joinpath(*parts)
+    assert path.exists(), f"shared reference data missing: {path} (tests read ../shared/reference beside the checkout)"
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -95,3 +95,37 @@ def test_query_refuses_other_space_and_unknown_text(tmp_path):
     npz = syn.write_query_embeddings(tmp_path / "q.npz")
     with pytest.raises(UserError, match="no text embedding"):
         query(results, "a purple whale", query_embeddings=npz, decoder=syn.clip_decoder().decode)
+
+
+def test_a_scene_without_time_sensitive_results_shows_na_with_the_reason(tmp_path):
+    why = "the render has no `video` array: its decoder has no time-sensitive head"
+    evaluated = _scene_table("hypernerf", "americano", 0.8, 0.98, 0.9, 0.6)
+    released = metrics_frame([
+        dict(dataset="hypernerf", scene="espresso", task="time_agnostic", metric="mIoU", value=0.7, aggregation="query_mean", n_items=1),
+        dict(dataset="hypernerf", scene="espresso", task="coverage", metric="time_sensitive_queries_not_evaluated", value=2.0,
+             aggregation="count", n_items=2, unit="queries", note=why),
+    ])
+    paths = []
+    for name, table in (("americano", evaluated), ("espresso", released)):
+        (tmp_path / name).mkdir()
+        table.to_parquet(tmp_path / name / "metrics.parquet")
+        paths.append(tmp_path / name / "metrics.parquet")
+    report(paths, tmp_path / "reports")
+    md = (tmp_path / "reports" / "metrics.md").read_text()
+    ts = md.split("time-sensitive queries")[1]
+    assert "| americano | 90.00 | 60.00 |" in ts and "| espresso | n/a | n/a |" in ts
+    assert "| **mean** | 90.00 | 60.00 |" in ts  # the mean is over the scenes that were evaluated
+    assert f"n/a for espresso: not evaluated, {why}" in ts
+
+
+def test_missing_language_space_gets_one_answer_everywhere():
+    from pipeline.evaluate.encoders import require_same_space
+    from pipeline.features.text import same_space
+
+    a = {"kind": "sentence-transformers", "name": "m", "dim": 384, "fingerprint": "f"}
+    assert same_space(a, dict(a)) and not same_space(a, None) and not same_space(None, None)
+    notes = []
+    require_same_space(None, a, what="clip_space", other="the autoencoder", log=notes.append)  # not refused: noted
+    assert len(notes) == 1 and "not checked" in notes[0] and "the render records no clip space" in notes[0]
+    with pytest.raises(UserError, match="language spaces differ"):
+        require_same_space(a, dict(a, fingerprint="g"), what="clip_space", other="the autoencoder")

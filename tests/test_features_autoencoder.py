@@ -100,11 +100,20 @@ def minilm_features(tmp_path_factory):
 
 
 def test_autoencoder_round_trip_on_real_features(minilm_features, tmp_path):
+    """Trained to convergence, so the result does not hang on the trajectory.
+
+    The texts hold near-duplicate pairs (cosine up to 0.81: "the chicken toy is closed" / "... opens
+    its beak"). Telling a pair apart moves the loss (MSE over 384 dims) by ~1e-4, so at 150 epochs it
+    was still undecided: which pairs had split flipped with the seed and the CPU kernels (nearest-text
+    recovery 0.83-1.0 over 10 seeds here, 0.79 on an AVX512 machine). At 400 epochs, 10 seeds under
+    each of ATEN_CPU_CAPABILITY unset (AVX512), avx2 and default gave recovery >= 0.958 (23/24) and
+    reconstruction cosine >= 0.993; the thresholds sit under those minima.
+    """
     paths, space, emb = minilm_features
     torch.set_num_threads(1)
     ckpt = tmp_path / "ae.safetensors"
     summary = train_autoencoder(paths, ckpt, encoder_dims=[64, 32, 6], decoder_dims=[32, 64, 512], lr=5e-3,
-                                epochs=150, cos_weight=1e-2, batch_size=16, seed=0, device="cpu", progress=False)
+                                epochs=400, cos_weight=1e-2, batch_size=16, seed=0, device="cpu", progress=False)
     assert summary["rows"] == 3 * 14 + 3 * 14 and summary["input_dim"] == 384
     model, meta = load_autoencoder(ckpt)
     assert meta["decoder_dims"] == [32, 64, 384] and meta["space"]["name"] == "all-MiniLM-L6-v2"
@@ -112,9 +121,9 @@ def test_autoencoder_round_trip_on_real_features(minilm_features, tmp_path):
     recon = decode_array(model, encode_array(model, emb))
     cos = (recon * emb).sum(1)
     baseline = emb @ (emb.mean(0) / np.linalg.norm(emb.mean(0)))  # best single vector for all rows
-    assert cos.mean() > 0.9 > baseline.mean()
+    assert cos.mean() > 0.97 and baseline.mean() < 0.9
     nearest = (recon @ emb.T).argmax(1)
-    assert (nearest == np.arange(len(TEXTS))).mean() >= 0.9
+    assert (nearest == np.arange(len(TEXTS))).mean() >= 0.9  # 22 of 24; measured minimum 23
 
     out = tmp_path / "video_latents.zarr"
     autoencode(paths[0], ckpt, out, config_key="autoencoder.video.checkpoint", device="cpu")
@@ -133,10 +142,15 @@ def test_training_is_seeded_and_spaces_are_not_mixed(minilm_features, tmp_path):
               device="cpu", progress=False)
     train_autoencoder(paths[:1], tmp_path / "a.safetensors", seed=5, **kw)
     train_autoencoder(paths[:1], tmp_path / "b.safetensors", seed=5, **kw)
+    train_autoencoder(paths[:1], tmp_path / "c.safetensors", seed=6, **kw)
     a, _ = load_autoencoder(tmp_path / "a.safetensors")
     b, _ = load_autoencoder(tmp_path / "b.safetensors")
+    c, _ = load_autoencoder(tmp_path / "c.safetensors")
+    # same seed: the same weights up to float noise (two models may take different CPU kernels);
+    # another seed: different weights
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(va, vb), k
+        torch.testing.assert_close(vb, va, rtol=1e-5, atol=1e-6, msg=k)
+    assert not torch.allclose(a.state_dict()["encoder.0.weight"], c.state_dict()["encoder.0.weight"], atol=1e-3)
 
     other = tmp_path / "other.zarr"
     foreign = dict(space, name="e5-mistral-7b-instruct", fingerprint="x")

@@ -41,11 +41,13 @@ def test_tiny_checkpoint_round_trips_through_convert_and_loads_strictly(tmp_path
     assert loaded.config == tiny_model.config
     assert weights["ignored_keys"] == {"track_head.": 2}
     for k, v in tiny_model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v), k
+        assert torch.equal(loaded.state_dict()[k], v), k  # exact: the weights are copied bytes
     a = list(run_geometry(tiny_model, _frames(), mode="stream", cache_window=None))
     b = list(run_geometry(loaded.eval(), _frames(), mode="stream", cache_window=None))
+    # the same weights in other memory may take other CPU kernels (alignment): equal up to float noise
     for x, y in zip(a, b):
-        assert torch.equal(x.pose_enc, y.pose_enc) and torch.equal(x.depth, y.depth)
+        torch.testing.assert_close(y.pose_enc, x.pose_enc, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(y.depth, x.depth, rtol=1e-5, atol=1e-6)
 
 
 def _save(state, path):

@@ -1,6 +1,5 @@
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,9 +8,7 @@ from pipeline.geometry.heads import pose_encoding_to_cameras, quaternion_to_matr
 from pipeline.geometry.layers import RotaryEmbedding2D
 from pipeline.geometry.model import GeometryConfig, GeometryModel, config_from_state, random_model
 from pipeline.geometry.runner import run_geometry
-
-# key, shape, dtype of the official StreamVGGT checkpoints.pth (= VGGT-1B model.pt)
-MANIFEST = Path(__file__).parent / "data" / "streamvggt_state_dict_keys.json"
+from conftest import shared_reference
 
 torch.set_num_threads(1)
 
@@ -93,7 +90,8 @@ def _causal(window):
 
 
 def test_full_size_model_has_exactly_the_manifest_layout():
-    manifest = {k: tuple(shape) for k, shape, _ in json.loads(MANIFEST.read_text())}
+    # key, shape, dtype of the official StreamVGGT checkpoints.pth (= VGGT-1B model.pt)
+    manifest = {k: tuple(shape) for k, shape, _ in json.loads(shared_reference("streamvggt_state_dict_keys.json").read_text())}
     with torch.device("meta"):
         model = GeometryModel(GeometryConfig())
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}

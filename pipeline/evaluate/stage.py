@@ -42,10 +42,11 @@ from pipeline.evaluate.figures import Panel, overlay_figure, slug
 from pipeline.evaluate.geometry_metrics import camera_to_world, sequence_depth_metrics, trajectory_metrics
 from pipeline.evaluate.protocol import LEVELS, Protocol, add_protocol_arguments, protocol_from_args
 from pipeline.evaluate.relevancy import choose_level, iou, masks_for_level, pixel_accuracy, relevancy_from_cosines
+from pipeline.evaluate.report import NOT_EVALUATED
 from pipeline.evaluate.temporal import score_state_prompt
 
 COLUMNS = ["dataset", "scene", "task", "query", "level", "frame", "metric", "value",
-           "aggregation", "variant", "threshold", "n_items", "unit"]
+           "aggregation", "variant", "threshold", "n_items", "unit", "note"]
 
 
 def _row(**kw) -> dict:
@@ -57,13 +58,25 @@ def metrics_frame(rows: list[dict]):
     import pandas as pd
 
     df = pd.DataFrame(rows, columns=COLUMNS)
-    for c in ("dataset", "scene", "task", "query", "level", "metric", "aggregation", "variant", "unit"):
+    for c in ("dataset", "scene", "task", "query", "level", "metric", "aggregation", "variant", "unit", "note"):
         df[c] = df[c].astype("string")
     df["frame"] = df["frame"].astype("Int64")
     df["n_items"] = df["n_items"].astype("Int64")
     df["value"] = df["value"].astype("float64")
     df["threshold"] = df["threshold"].astype("float64")
     return df
+
+
+def time_sensitive_gap(render, video_decoder, e5_text) -> str | None:
+    """Why time-sensitive queries cannot be evaluated on this render, or None when they can."""
+    if "video" not in render:
+        return ("the render has no `video` array: its decoder has no time-sensitive head "
+                "(the released 4DLangVGGT decoder has none)")
+    if video_decoder is None:
+        return "no video autoencoder given (--video-autoencoder; config `autoencoder.video`)"
+    if e5_text is None:
+        return "no embeddings of the state prompts (evaluate.query_embeddings holds no e5 vectors)"
+    return None
 
 
 @dataclass
@@ -147,10 +160,16 @@ def evaluate_language(
              aggregation="count", unit="frames"),
     ]
     state_of = ann.state_prompts  # state prompt -> base label
-    time_sensitive = bool(state_of) and video_decoder is not None and e5_text is not None and "video" in render
-    if state_of and not time_sensitive:
-        why = "no video autoencoder" if video_decoder is None else "no state-prompt embeddings" if e5_text is None else "the render has no `video` array"
-        log(f"note: time-sensitive queries skipped ({why})")
+    why = time_sensitive_gap(render, video_decoder, e5_text) if state_of else None
+    time_sensitive = bool(state_of) and why is None
+    if why is not None:
+        log(f"note: {len(state_of)} time-sensitive quer{'y' if len(state_of) == 1 else 'ies'} not evaluated: {why}")
+        rows.append(_row(**base, task="coverage", metric=NOT_EVALUATED, value=float(len(state_of)),
+                         aggregation="count", n_items=len(state_of), unit="queries", note=why))
+        annotated = {label: sum(label in af.masks for af in frames) for label in set(state_of.values())}
+        for prompt, label in state_of.items():
+            rows.append(_row(**base, task="coverage", query=prompt, metric="not_evaluated",
+                             value=float(annotated[label]), aggregation="count", unit="frames", note=why))
 
     # state prompts are positives only when they can be scored (their relevancy drives vIoU)
     positives_all = list(dict.fromkeys([*ann.labels, *(state_of if time_sensitive else [])]))
@@ -372,17 +391,15 @@ def evaluate_geometry(geometry, scene_json: str | Path, *, protocol: Protocol = 
 
 
 # ----------------------------------------------------------------------------- the stage
-def resolve_queries(render_attrs: dict, query_embeddings, *, need_e5: bool, texts: list[str],
-                    states: list[str], negatives: list[str]) -> tuple[TextVectors, TextVectors | None]:
-    """Text vectors for the scene's queries, from an npz or the encoders the render's spaces name;
-    refuses vectors from a different language space than the render's features."""
-    clip_space = parse_space(render_attrs.get("clip_space"))
-    video_space = parse_space(render_attrs.get("video_space"))
+def resolve_queries(clip_space: dict | None, video_space: dict | None, query_embeddings, *, need_e5: bool,
+                    texts: list[str], states: list[str], negatives: list[str], log=print) -> tuple[TextVectors, TextVectors | None]:
+    """Text vectors for the scene's queries, from an npz or the encoders the spaces name; refuses
+    vectors from a different language space than the features they are compared with."""
     if query_embeddings is not None:
         clip_text, e5_text = load_query_embeddings(query_embeddings)
-        require_same_space(clip_space, clip_text.space, what="clip_space", other=f"clip_space of {query_embeddings}")
+        require_same_space(clip_space, clip_text.space, what="clip_space", other=f"clip_space of {query_embeddings}", log=log)
         if need_e5 and e5_text.vectors:
-            require_same_space(video_space, e5_text.space, what="video_space", other=f"e5_space of {query_embeddings}")
+            require_same_space(video_space, e5_text.space, what="video_space", other=f"e5_space of {query_embeddings}", log=log)
         return clip_text, (e5_text if e5_text.vectors else None)
     clip_text = encode_texts(clip_space, texts + negatives, query=False, what="clip")
     e5_text = encode_texts(video_space, states, query=True, what="video") if need_e5 and states else None
@@ -413,24 +430,27 @@ def evaluate(
     dataset = dataset or scene_info.get("dataset") or scene_dir.parent.name
     scene = scene or scene_info.get("scene") or scene_dir.name
 
+    # The latents are compared in the space their autoencoder decodes to: the render's record of it,
+    # else the autoencoder's own (a render of the released decoder records none).
     clip_space = parse_space(attrs.get("clip_space"))
     video_space = parse_space(attrs.get("video_space"))
-    if clip_space is None:
-        log(f"note: {render} records no clip_space; the language space of queries and autoencoder cannot be checked")
+    has_video = "video" in group
     if clip_decoder is None:
         clip_decoder, ae_space, _ = load_decoder(autoencoder, config_key="evaluate.autoencoder", what="CLIP autoencoder",
                                                 device=device)
-        require_same_space(clip_space, ae_space, what="clip_space", other=f"the space of {autoencoder}")
-    if video_decoder is None and video_autoencoder:
+        require_same_space(clip_space, ae_space, what="clip_space", other=f"the space of {autoencoder}", log=log)
+        clip_space = clip_space or ae_space
+    if video_decoder is None and video_autoencoder and has_video:
         video_decoder, vae_space, _ = load_decoder(video_autoencoder, config_key="evaluate.video_autoencoder",
                                                    what="video autoencoder", device=device)
-        require_same_space(video_space, vae_space, what="video_space", other=f"the space of {video_autoencoder}")
+        require_same_space(video_space, vae_space, what="video_space", other=f"the space of {video_autoencoder}", log=log)
+        video_space = video_space or vae_space
 
     ann = coco.load_scene_annotations(scene_dir, frame_offset=protocol.frame_offset)
-    need_e5 = video_decoder is not None and bool(ann.state_prompts)
-    clip_text, e5_text = resolve_queries(attrs, query_embeddings, need_e5=need_e5,
+    need_e5 = video_decoder is not None and bool(ann.state_prompts) and has_video
+    clip_text, e5_text = resolve_queries(clip_space, video_space, query_embeddings, need_e5=need_e5,
                                          texts=[*ann.labels, *ann.state_prompts], states=list(ann.state_prompts),
-                                         negatives=list(protocol.negatives))
+                                         negatives=list(protocol.negatives), log=log)
 
     with atomic_path(out / "figures") as fig_tmp:
         fig_tmp.mkdir(parents=True)
@@ -456,7 +476,8 @@ def evaluate(
 
 
 def summary_lines(table) -> list[str]:
-    lines = []
+    lines = [f"{r['task']}: {int(r['value'])} time-sensitive queries not evaluated: {r['note']}"
+             for _, r in table[table["metric"] == NOT_EVALUATED].iterrows()]
     sel = table[table["aggregation"] == "query_mean"]
     for _, r in sel.iterrows():
         v = f" [{r['variant']}]" if isinstance(r["variant"], str) else ""

@@ -156,20 +156,13 @@ def open_clip_space(
     """Space of an open_clip model with weights from a local safetensors file (never downloaded)."""
     import open_clip
 
-    from pipeline.checkpoints import is_pickle
+    from pipeline.checkpoints import require_safetensors
     from pipeline.store import file_sha256
 
     name, model_config = resolve_open_clip_model(model)
-    if checkpoint is None or str(checkpoint) == "":
-        raise UserError(f"no CLIP checkpoint configured: set `{config_key}` to a local .safetensors file")
-    ckpt = Path(checkpoint)
-    if not ckpt.is_file():
-        raise UserError(f"CLIP checkpoint not found: {ckpt} (config key `{config_key}`; expected a .safetensors file)")
-    if is_pickle(ckpt) or ckpt.suffix != ".safetensors":
-        raise UserError(
-            f"{ckpt} is not a .safetensors file (config key `{config_key}`); convert it once: "
-            f"python -m pipeline convert-checkpoint --in {ckpt} --out {ckpt.with_suffix('.safetensors')}"
-        )
+    ckpt = require_safetensors(checkpoint, config_key=config_key, what="CLIP")
+    if ckpt.suffix != ".safetensors":  # open_clip picks its loader by the file name
+        raise UserError(f"{ckpt} (config key `{config_key}`) is safetensors but open_clip needs the name to end in .safetensors; rename it")
     return {
         "kind": "open_clip",
         "name": name,

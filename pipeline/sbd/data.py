@@ -1,9 +1,15 @@
 """Training data for the decoder: tokens.zarr + masks.zarr + latents + frames, per frame.
 
-Targets are per-pixel latents at the frames' resolution, taken inside the crop box the geometry
-stage fed to the model (tokens.zarr attrs `transform`), mapped back to frame coordinates. The
-decoder is asked for exactly that box's size, so predictions and targets compare pixel for pixel
-in frame coordinates, and rendering places the same output at the same offset.
+Targets are per-pixel latents at the frames' resolution, over the region the decoder's output
+covers (`output_box`), in frame coordinates. Two placements (config `sbd.output_placement`):
+
+- `resize` (upstream's, the default): the output is resized (bilinear, align_corners=False) to
+  the whole frame, the size before the geometry stage's resize and crop. 4DLangVGGT trains and
+  renders this way (its loader returns the pre-crop size), so its released decoder expects it.
+- `crop`: the output covers only the crop box the geometry stage fed to the model (tokens.zarr
+  attrs `transform`, mapped back to frame pixels), and rendering places it at the crop offset.
+
+Training and rendering use the same box, so predictions and targets compare pixel for pixel.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pipeline import store
 from pipeline.errors import UserError
 
 LEVEL_ROWS = (1, 2, 3)  # masks / rows levels default, s, m, l -> s, m, l
+PLACEMENTS = ("resize", "crop")  # where the decoder output goes; see the module docstring
 LARGE_ROW = 3
 
 
@@ -44,6 +51,15 @@ def crop_box_in_frame(transform: dict | None, frame_hw: Sequence[int]) -> tuple[
     if y1 <= y0 or x1 <= x0:
         raise UserError(f"tokens.zarr transform crop {transform['crop']} is empty in a {H}x{W} frame")
     return int(y0), int(x0), int(y1 - y0), int(x1 - x0)
+
+
+def output_box(crop_box: Sequence[int], frame_hw: Sequence[int], placement: str) -> tuple[int, int, int, int]:
+    """(top, left, height, width) in frame pixels that the decoder output covers."""
+    if placement == "resize":
+        return 0, 0, int(frame_hw[0]), int(frame_hw[1])
+    if placement == "crop":
+        return tuple(int(v) for v in crop_box)
+    raise UserError(f"sbd.output_placement must be one of {list(PLACEMENTS)}, got {placement!r}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,9 @@ class TokenReader:
     def crop_box(self) -> tuple[int, int, int, int]:
         return crop_box_in_frame(self.transform, self.frame_hw)
 
+    def output_box(self, placement: str) -> tuple[int, int, int, int]:
+        return output_box(self.crop_box(), self.frame_hw, placement)
+
 
 class _Latents:
     """features [N,C] in memory + rows [L,T,K] read per frame."""
@@ -148,7 +167,7 @@ def object_balance(ids: np.ndarray, valid: torch.Tensor) -> torch.Tensor:
 class SceneData:
     """One scene's inputs and per-pixel targets, frame by frame."""
 
-    def __init__(self, sources: SceneSources, *, cache: bool = False):
+    def __init__(self, sources: SceneSources, *, cache: bool = False, placement: str = "resize"):
         self.sources = sources
         self.tokens = TokenReader(sources.tokens)
         masks = store.open_group(sources.masks, what="masks.zarr")
@@ -175,7 +194,8 @@ class SceneData:
                 f"(attrs transform.source_size) but frames.zarr {sources.frames} is {H}x{W}"
             )
         self.frame_hw = (H, W)
-        self.box = self.tokens.crop_box()
+        self.placement = placement
+        self.box = self.tokens.output_box(placement)
         self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -194,7 +214,7 @@ class SceneData:
         return self.box[2], self.box[3]
 
     def targets(self, t: int) -> dict[str, torch.Tensor]:
-        """Per-pixel targets of frame t inside the crop box (frame coordinates)."""
+        """Per-pixel targets of frame t inside the output box (frame coordinates)."""
         if self._cache is not None and t in self._cache:
             return self._cache[t]
         top, left, h, w = self.box

@@ -1,13 +1,15 @@
 """Render per-pixel language latents with a trained decoder -> render.zarr.
 
 Writes float16 `lang_s`, `lang_m`, `lang_l` [T,H,W,C], `video` [T,H,W,Cv] when the decoder has
-the time-sensitive head, and `rgb` [T,H,W,3], at the frames' resolution: the decoder output
-covers the geometry stage's crop box (mapped to frame pixels, so a resize is undone too) and is
-placed at the crop offset, the border filled by repeating the edge. Raw latents, not images.
+the time-sensitive head, and `rgb` [T,H,W,3], at the frames' resolution. Raw latents, not images.
+Where the decoder output goes (`--output-placement`, recorded in the weights by training and in
+the render's attrs): `resize`, upstream's, resizes it (bilinear, align_corners=False) to the whole
+frame; `crop` makes it cover the geometry stage's crop box (mapped to frame pixels, so a resize is
+undone too), placed at the crop offset, the border filled by repeating the edge.
 
 Takes our `sbd.safetensors` (architecture and token layers in its metadata) or the released
 4DLangVGGT checkpoint after `convert-checkpoint` (architecture read from the weights' shapes,
-token layers 4/11/17/23).
+token layers 4/11/17/23, trained with the `resize` placement).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pipeline import store
 from pipeline.checkpoints import checkpoint_metadata, load_state_dict
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
-from pipeline.sbd.data import TokenReader
+from pipeline.sbd.data import PLACEMENTS, TokenReader
 from pipeline.sbd.model import LEVELS, UPSTREAM_LAYERS, DecoderConfig, SemanticBridgingDecoder, infer_config
 
 
@@ -70,6 +72,19 @@ def place_in_frame(x: torch.Tensor, box: tuple[int, int, int, int], frame_hw: tu
     return x
 
 
+def _placement(recorded: str | None, requested: str | None, checkpoint) -> str:
+    """The placement to render with: the one training used (released weights: upstream's resize)."""
+    for value in (recorded, requested):
+        if value is not None and value not in PLACEMENTS:
+            raise UserError(f"sbd.output_placement must be one of {list(PLACEMENTS)}, got {value!r}")
+    if recorded is not None and requested is not None and recorded != requested:
+        raise UserError(
+            f"{checkpoint} was trained with output placement {recorded!r} but rendering asks for {requested!r} "
+            "(config key `sbd.output_placement`): set it back, or retrain"
+        )
+    return requested or recorded or "resize"
+
+
 def render_sbd(
     tokens_path: str | Path,
     checkpoint: str | Path,
@@ -78,8 +93,10 @@ def render_sbd(
     batch_size: int = 4,
     device: str = "auto",
     config_key: str = "sbd.checkpoint",
+    output_placement: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
+    """Render every frame of `tokens_path`; `output_placement` None = the one the weights record."""
     from tqdm.auto import tqdm
 
     dev = torch.device(resolve_device(device))
@@ -93,10 +110,12 @@ def render_sbd(
         )
     if cfg.dim_in != tokens.dim_in:
         raise UserError(f"{checkpoint} expects {cfg.dim_in}-wide tokens; {tokens_path} has {tokens.dim_in}")
-    box = tokens.crop_box()
+    placement = _placement(meta.get("output_placement"), output_placement, checkpoint)
+    box = tokens.output_box(placement)
     H, W = tokens.frame_hw
     T = tokens.num_frames
-    params = {"batch_size": batch_size, "layers": tokens.layers, "crop_box": list(box), "frame_size": [H, W]}
+    params = {"batch_size": batch_size, "layers": tokens.layers, "output_placement": placement,
+              "crop_box": list(tokens.crop_box()), "output_box": list(box), "frame_size": [H, W]}
     prov = store.provenance("render", params, {"tokens": tokens_path}, checkpoints={"sbd": checkpoint})
 
     with store.atomic_path(out) as tmp:
@@ -126,11 +145,14 @@ def render_sbd(
                 "levels": list(LEVELS),
                 "lang_dim": cfg.lang_dim,
                 "video_dim": cfg.video_dim,
-                "crop_box": list(box),
+                "crop_box": list(tokens.crop_box()),
+                "output_placement": placement,
+                "output_box": list(box),
                 "provenance": prov,
             }
         )
-    return {"out": str(out), "frames": T, "size": [H, W], "arrays": sorted(arrays), "crop_box": list(box)}
+    return {"out": str(out), "frames": T, "size": [H, W], "arrays": sorted(arrays), "crop_box": list(tokens.crop_box()),
+            "output_placement": placement}
 
 
 def add_arguments(parser) -> None:
@@ -139,6 +161,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="render.zarr to write")
     parser.add_argument("--batch-size", type=int, default=4, help="frames per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--output-placement", choices=list(PLACEMENTS), default=None,
+                        help="resize (upstream) or crop; default: what the weights record, else resize")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -147,6 +171,7 @@ def run(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     summary = render_sbd(
-        args.tokens, args.checkpoint, args.out, batch_size=args.batch_size, device=args.device, progress=not args.quiet
+        args.tokens, args.checkpoint, args.out, batch_size=args.batch_size, device=args.device,
+        output_placement=args.output_placement, progress=not args.quiet,
     )
     print(json.dumps(summary))

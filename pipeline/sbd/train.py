@@ -10,8 +10,8 @@ cosine learning rate, grad clip, AMP on CUDA only, seeded.
 Checkpoints (safetensors: weights, optimizer and RNG state, training log) go to
 --checkpoint-dir every --save-every epochs; a rerun with the same settings and inputs resumes
 from the newest one and ends with the same weights as an uninterrupted run. Writes the final
-weights (`--out`, with architecture, token layers and latent spaces in its metadata), a Parquet
-training log and a loss-curve PNG.
+weights (`--out`, with architecture, token layers, output placement and latent spaces in its
+metadata), a Parquet training log and a loss-curve PNG.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pipeline import store
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
-from pipeline.sbd.data import SceneData, SceneSources, iterate_steps, steps_per_epoch
+from pipeline.sbd.data import PLACEMENTS, SceneData, SceneSources, iterate_steps, steps_per_epoch
 from pipeline.sbd.model import DecoderConfig, SemanticBridgingDecoder
 
 LOSS_COLUMNS = ("loss", "lang_l1", "lang_cos", "rgb_l1", "rgb_l2", "video_l1", "video_cos")
@@ -68,6 +68,7 @@ class TrainSettings:
     lambda_video: float = 1.0  # ours: weight of the video head's L1 + cosine
     cos_over_width: bool = False  # upstream quirk: cosine over the image-width axis
     balance_objects: bool = False  # ours: every object of a frame weighs the same in the latent losses
+    output_placement: str = "resize"  # upstream: output resized to the whole frame; "crop": the crop box only
     seed: int = 42
     amp: bool = True  # CUDA only; CPU always runs fp32
 
@@ -318,6 +319,8 @@ def train_sbd(
         raise UserError(f"sbd.schedule must be 'constant' or 'cosine', got {settings.schedule!r}")
     if settings.epochs < 1 or settings.batch_size < 1:
         raise UserError("sbd.epochs and sbd.batch_size must be >= 1")
+    if settings.output_placement not in PLACEMENTS:
+        raise UserError(f"sbd.output_placement must be one of {list(PLACEMENTS)}, got {settings.output_placement!r}")
     out = Path(out)
     log_path = Path(log_path) if log_path else out.with_name("train_log.parquet")
     plot_path = Path(plot_path) if plot_path else out.with_name("loss.png")
@@ -325,7 +328,7 @@ def train_sbd(
     dev = torch.device(resolve_device(device))
     use_amp = bool(settings.amp and dev.type == "cuda")
 
-    data = [SceneData(s) for s in scenes]
+    data = [SceneData(s, placement=settings.output_placement) for s in scenes]
     if cache is None:
         cache = num_workers == 0 and sum(d.target_bytes() * len(d) for d in data) <= CACHE_BYTES
     for d in data:
@@ -439,6 +442,7 @@ def train_sbd(
         "format": WEIGHTS_FORMAT,
         "architecture": config.to_dict(),
         "layers": info["layers"],
+        "output_placement": settings.output_placement,
         "lang_dim": config.lang_dim,
         "video_dim": config.video_dim,
         "clip_space": info["clip_space"],
@@ -516,6 +520,8 @@ def add_arguments(parser) -> None:
     t.add_argument("--lambda-video", type=float, default=d.lambda_video)
     t.add_argument("--cos-over-width", action="store_true", help="upstream quirk: cosine over the image-width axis")
     t.add_argument("--balance-objects", action="store_true", help="weight latent losses so every object counts equally")
+    t.add_argument("--output-placement", choices=list(PLACEMENTS), default=d.output_placement,
+                   help="resize: output resized to the whole frame (upstream); crop: the geometry crop box only")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
@@ -554,6 +560,7 @@ def run(args) -> None:
         lambda_video=args.lambda_video,
         cos_over_width=args.cos_over_width,
         balance_objects=args.balance_objects,
+        output_placement=args.output_placement,
         seed=args.seed,
         amp=not args.no_amp,
     )
