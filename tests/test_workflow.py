@@ -58,8 +58,13 @@ def test_demo_evaluation_is_well_above_chance(demo_workflow):
         assert len(rows) == 1, (task, metric, variant)
         return float(rows["value"].iloc[0])
 
-    assert value("time_agnostic", "mIoU") > 0.4
-    assert value("time_sensitive", "Acc", "video") > 0.7  # two states: chance is 0.5
+    # Floors under the minimum over seeds, thread counts and CPU kernels that
+    # benchmarks/bench_demo_spread.py measured (README "Demo results"), with a margin.
+    assert value("time_agnostic", "mIoU") > 0.6
+    assert value("time_sensitive", "Acc", "video") >= 0.8  # two states: chance is 0.5
+    assert value("time_sensitive", "vIoU", "video") > 0.5
+    ious = metrics[(metrics["task"] == "time_agnostic") & (metrics["aggregation"] == "frame_mean") & (metrics["metric"] == "iou")]
+    assert ious["value"].min() > 0.4, ious[["query", "value"]]  # the small cup too, not only the big objects
     report = (demo_workflow / "results/reports/metrics.md").read_text()
     assert "| demo |" in report and "**mean**" in report
     figures = sorted(p.name for p in (demo_workflow / "results/demo/demo/eval/figures").glob("*.png"))
