@@ -21,7 +21,7 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=0
+	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=0 --rerun-incomplete --show-failed-logs
 	@echo "demo finished: results/demo/demo/ (see README, 'Outputs')"
 
 test: $(STAMP) slurm

@@ -13,7 +13,7 @@ rule segment:
             subcategory="{scene}",
         ),
     params:
-        code=stage_code("pipeline/segment"),
+        code=stage_code("segment"),
         options=flags(
             "segment",
             "backend",
