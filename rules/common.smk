@@ -112,33 +112,37 @@ def scene_targets(scene):
         trained = SimpleNamespace() if scene in config["sbd"]["scenes"] else this
         for paths in training_inputs(trained).values():
             targets += paths
-        for other in training_scenes(trained):
-            targets += language_artifacts(other, "clip")
-            if video_enabled():
-                targets += language_artifacts(other, "video")
+        for kind in ("clip", "video") if video_enabled() else ("clip",):
+            for other in training_scenes(trained):
+                targets += latent_artifacts(other, kind)
     if has_annotations(scene):
         targets += [f"{base}/eval/metrics.parquet", f"{base}/eval/figures"]
-        targets += language_artifacts(scene, "clip", latents=False)
-        if video_enabled():
-            targets += language_artifacts(scene, "video", latents=False)
+        for kind in ("clip", "video") if video_enabled() else ("clip",):
+            targets += autoencoder_artifacts(scene, kind)
     return list(dict.fromkeys(targets))
 
 
-def language_artifacts(scene, kind, latents=True):
-    """A scene's `kind` features (+ captions), its latents, and the autoencoder with what trains it."""
+def feature_artifacts(scene, kind):
+    """A scene's `kind` feature table, with the captions the video features come with."""
     base = scene_dir(scene)
-    artifacts = [f"{base}/{kind}_features.zarr"] + ([f"{base}/captions.parquet"] if kind == "video" else [])
-    if latents:
-        artifacts.append(f"{base}/{kind}_latents.zarr")
-    if not config["autoencoder"][kind].get("checkpoint"):
-        artifacts.append(autoencoder_path(scene, kind))
-        shared = scene in config["autoencoder"]["shared_scenes"]
-        trained_on = SimpleNamespace(kind=kind) if shared else SimpleNamespace(scene=scene, kind=kind)
-        for features in autoencoder_features(trained_on):
-            artifacts.append(features)
-            if kind == "video":
-                artifacts.append(str(Path(features).with_name("captions.parquet")))
+    return [f"{base}/{kind}_features.zarr"] + ([f"{base}/captions.parquet"] if kind == "video" else [])
+
+
+def autoencoder_artifacts(scene, kind):
+    """The `kind` autoencoder a scene uses and the features it trains on (none when one is given)."""
+    if config["autoencoder"][kind].get("checkpoint"):
+        return []
+    shared = scene in config["autoencoder"]["shared_scenes"]
+    trained_on = SimpleNamespace(kind=kind) if shared else SimpleNamespace(scene=scene, kind=kind)
+    artifacts = [autoencoder_path(scene, kind)]
+    for features in autoencoder_features(trained_on):  # video features come with their captions beside them
+        artifacts += [features] + ([str(Path(features).with_name("captions.parquet"))] if kind == "video" else [])
     return artifacts
+
+
+def latent_artifacts(scene, kind):
+    """A scene's `kind` latents and everything they are made from."""
+    return [*feature_artifacts(scene, kind), f"{scene_dir(scene)}/{kind}_latents.zarr", *autoencoder_artifacts(scene, kind)]
 
 
 def all_targets():
