@@ -81,7 +81,8 @@ def copy_workflow(dest: Path) -> Path:
 
 
 def snakemake_command(*args: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--resources", "gpu=0", *args]
+    """snakemake on 2 cores without GPUs; give targets before options that take lists (--configfile)."""
+    return [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--resources=gpu=0", *args]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200, code: Path = REPO) -> subprocess.CompletedProcess:

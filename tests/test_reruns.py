@@ -86,7 +86,7 @@ def test_stage_code_change_reruns_that_stage_and_dependants_and_never_resumes_st
     jobs = planned_jobs(snakemake(finished, "-n", "--configfile", "small.yaml", code=finished))
     assert jobs == {**{rule: {"one", "two"} for rule in ("geometry", "train", "render", "evaluate")}, "report": {"-"}}
 
-    snakemake(finished, "--configfile", "small.yaml", "results/demo/one/sbd.safetensors", code=finished)
+    snakemake(finished, "results/demo/one/sbd.safetensors", "--configfile", "small.yaml", code=finished)
     tokens = read_provenance(finished / "results/demo/one/tokens.zarr")
     assert tokens["code"] != tokens_before["code"] and tokens["digest"] != tokens_before["digest"]
     log = (finished / "logs/train/demo/one.log").read_text()
@@ -128,7 +128,7 @@ def test_killed_job_after_a_config_change_is_rebuilt_with_the_new_setting(finish
     write_config(finished, cfg, "changed.yaml")
     scene = finished / "results/demo/one"
     checkpoints = scene / "sbd_checkpoints"
-    run = subprocess.Popen(snakemake_command("--configfile", "changed.yaml", "scene_one"), cwd=finished,
+    run = subprocess.Popen(snakemake_command("scene_one", "--configfile", "changed.yaml"), cwd=finished,
                            env=workflow_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)  # fmt: skip
     try:
@@ -146,7 +146,7 @@ def test_killed_job_after_a_config_change_is_rebuilt_with_the_new_setting(finish
             run.wait()
     assert not (scene / "sbd.safetensors").exists() and (scene / "render.zarr").exists()  # looks finished
     snakemake(finished, "--unlock", "--configfile", "changed.yaml")
-    rerun = snakemake(finished, "--configfile", "changed.yaml", "--rerun-incomplete", "scene_one")
+    rerun = snakemake(finished, "scene_one", "--configfile", "changed.yaml", "--rerun-incomplete")
     assert "Nothing to be done" not in rerun.stdout + rerun.stderr
     decoder = read_provenance(scene / "sbd.safetensors")
     assert decoder["params"]["lr"] == 0.01
@@ -165,13 +165,13 @@ def test_failed_job_shows_its_cause_last_and_is_never_reported_done(finished):
     cfg["autoencoder"]["clip"]["device"] = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
     write_config(finished, cfg, "broken.yaml")
     for attempt in range(2):
-        proc = snakemake(finished, "--workflow-profile", "workflow/profiles/local", "--configfile", "broken.yaml",
-                         "scene_one", check=False)  # fmt: skip
+        proc = snakemake(finished, "scene_one", "--workflow-profile", "workflow/profiles/local", "--configfile", "broken.yaml",
+                         check=False)  # fmt: skip
         assert proc.returncode != 0, f"run {attempt + 1} with the broken config succeeded"
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-8:]
         assert any(line.startswith("error: device 'cuda") for line in tail), tail
     assert not (finished / "results/demo/one/clip_autoencoder.safetensors").exists()
-    jobs = planned_jobs(snakemake(finished, "-n", "--configfile", "small.yaml", "scene_one"))
+    jobs = planned_jobs(snakemake(finished, "-n", "scene_one", "--configfile", "small.yaml"))
     assert jobs == {rule: {"one"} for rule in ("autoencoder_train", "autoencode", "train", "render", "evaluate")}
 
 
@@ -182,7 +182,7 @@ def test_truncated_video_is_an_error_naming_the_frame_unless_allowed(tmp_path):
     cfg["scenes"] = {"clip": {"dataset": "custom", "source": "video", "path": "clip.mp4"}}
     write_config(workdir, cfg, "video.yaml")
     target = "results/custom/clip/scene.json"
-    proc = snakemake(workdir, "--workflow-profile", "workflow/profiles/local", "--configfile", "video.yaml", target,
+    proc = snakemake(workdir, target, "--workflow-profile", "workflow/profiles/local", "--configfile", "video.yaml",
                      check=False)  # fmt: skip
     assert proc.returncode != 0
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-8:]
@@ -193,7 +193,7 @@ def test_truncated_video_is_an_error_naming_the_frame_unless_allowed(tmp_path):
 
     cfg["scenes"]["clip"]["allow_truncated"] = True
     write_config(workdir, cfg, "video.yaml")
-    snakemake(workdir, "--configfile", "video.yaml", target)
+    snakemake(workdir, target, "--configfile", "video.yaml")
     record = json.loads((workdir / target).read_text())
     assert record["truncated"]["frames_read"] == broke_at and record["truncated"]["declared_frames"] == 40
     assert record["num_frames"] == broke_at
