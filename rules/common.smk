@@ -1,4 +1,5 @@
 # Every Python helper of the workflow lives here; the rule files stay declarative.
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -281,6 +282,17 @@ def check_checkpoints(cfg):
 
 
 check_checkpoints(config)
+
+
+def check_writable_folders():
+    """Before any job runs (onstart): a read-only results, logs or resources folder is one line
+    naming it, instead of Snakemake's traceback when it prepares the first job's outputs."""
+    for top in ("results", "resources", "logs", "benchmarks", ".snakemake"):
+        root = Path(top)
+        for folder in [root, *root.glob("*"), *root.glob("*/*"), *root.glob("*/*/*")]:
+            if folder.is_dir() and not folder.is_symlink() and not os.access(folder, os.W_OK):
+                sys.exit(f"error: cannot write {folder}/ (read-only): make it writable, or run from a writable "
+                         "copy of the workflow folder, then run the same command again; nothing was run")  # fmt: skip
 
 
 def memory_mb(base):
