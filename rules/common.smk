@@ -287,7 +287,7 @@ check_checkpoints(config)
 def check_writable_folders():
     """Before any job runs (onstart): a read-only results, logs or resources folder is one line
     naming it, instead of Snakemake's traceback when it prepares the first job's outputs."""
-    for top in ("results", "resources", "logs", "benchmarks", ".snakemake"):
+    for top in ("results", "resources", "logs", "benchmarks"):
         root = Path(top)
         for folder in [root, *root.glob("*"), *root.glob("*/*"), *root.glob("*/*/*")]:
             if folder.is_dir() and not folder.is_symlink() and not os.access(folder, os.W_OK):
