@@ -118,13 +118,15 @@ def extract_frames(
                 if max_frames is not None and len(names) >= max_frames:
                     break
         except readers.TruncatedVideo as cut:
+            bar.close()  # before any message, so the bar does not end the log
             if not allow_truncated or not names:
                 raise
             truncated = {"frames_read": cut.frames_read, "declared_frames": cut.declared, "reason": cut.reason,
                          "frames_kept": len(names)}  # fmt: skip
             print(f"warning: {source.path} breaks off at frame {cut.frames_read} ({cut.reason}); "
                   f"frames.allow_truncated is set, so the {len(names)} frame(s) read are kept", file=sys.stderr)
-        bar.close()
+        finally:
+            bar.close()
         if not names:
             raise UserError(f"no frames could be read from {source.path}")
         if len(names) != rgb.shape[0]:

@@ -44,4 +44,4 @@ rule frames:
         "python -m pipeline frames --source {input.source} --kind {params.kind} --out {output.frames}"
         " --scene-json {output.scene} --scene {wildcards.scene} --dataset {wildcards.dataset}"
         " --stride {params.stride} --resolution {params.resolution} {params.max_frames} {params.max_size}"
-        " {params.camera} {params.fps} {params.allow_truncated} > {log} 2>&1"
+        " {params.camera} {params.fps} {params.allow_truncated} --no-progress > {log} 2>&1"

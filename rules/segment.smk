@@ -41,4 +41,4 @@ rule segment:
         "../envs/sam2.yaml"
     shell:
         "python -m pipeline segment --frames {input.frames} --scene-json {input.scene} --out {output.masks}"
-        " --objects {output.objects} --contact-sheet {output.sheet} {params.options} > {log} 2>&1"
+        " --objects {output.objects} --contact-sheet {output.sheet} {params.options} --no-progress > {log} 2>&1"
