@@ -407,7 +407,7 @@ def video_autoencoder_flag(wildcards):
 
 def stage_code(stage):
     """A param: digest of everything `python -m pipeline <stage>` runs (its module and every
-    `pipeline` module that can import), so editing any of it reruns that stage and its dependants.
+    `pipeline` module it imports), so editing any of it reruns that stage and its dependants.
 
     The same digest is recorded in each artifact's provenance (`pipeline.code_digest`). Snakemake's
     own `code` trigger sees only rule bodies. A stage whose code cannot be read stops the run here.
