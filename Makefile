@@ -48,7 +48,7 @@ lock:
 	@echo "$(LOCK) rewritten: review 'git diff $(LOCK)', commit it; the next make refreshes $(VENV)"
 
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=0
+	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=0 --rerun-incomplete --show-failed-logs
 	@echo "demo finished: results/demo/demo/ (see README, 'Outputs')"
 
 test: $(STAMP) slurm

@@ -23,6 +23,10 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 
 
+onstart:
+    check_writable_folders()
+
+
 rule all:
     default_target: True
     localrule: True

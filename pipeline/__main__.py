@@ -7,6 +7,7 @@ Each stage module defines `add_arguments(parser)` and `run(args)`; its docstring
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -38,6 +39,27 @@ def _print_stages() -> None:
         print(f"  {name:<20} {summary}")
 
 
+# A disk or folder that takes no more (or refuses us): the job fails, and the user must act on the storage.
+STORAGE_ERRORS = {
+    errno.ENOSPC: ("cannot write", "no space left on the device: free some space there (or put results/ on a bigger disk)"),
+    errno.EDQUOT: ("cannot write", "disk quota exceeded: free some space there or ask for a larger quota"),
+    errno.EFBIG: ("cannot write", "the file is larger than this file system or your limits allow: use another disk"),
+    errno.EROFS: ("cannot write", "the file system is read-only: make the results folder writable (or run from a writable copy)"),
+    errno.EACCES: ("cannot access", "permission denied: make it readable, and the results folder writable, for you"),
+    errno.EPERM: ("cannot access", "operation not permitted: make the results folder writable for you"),
+}
+
+
+def _storage_error(exc: OSError) -> str | None:
+    """One line naming the path and what to do, for the storage failures a user can fix."""
+    if exc.errno not in STORAGE_ERRORS:
+        return None
+    verb, advice = STORAGE_ERRORS[exc.errno]
+    path = exc.filename if exc.filename is not None else "a file (path unknown)"
+    return (f"{verb} {path}: {advice}; then run the same command again "
+            "(finished results are kept; this job's partial output was removed)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -60,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         module.run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        line = _storage_error(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: nothing partial was left in place of the output", file=sys.stderr)

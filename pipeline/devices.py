@@ -60,4 +60,8 @@ def resolve_device(requested: str | None = "auto") -> str:
         return f"cuda:{lease_gpu(torch.cuda.device_count())}"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {requested!r} requested but CUDA is not available here; use --device cpu or auto")
+    index = requested.partition(":")[2]
+    if requested.startswith("cuda") and index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise UserError(f"device {requested!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                        "device(s); use --device auto, cuda or a smaller index")  # fmt: skip
     return requested

@@ -12,6 +12,7 @@ annotations that came with the scene live.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,15 @@ def extract_frames(
     camera: str | None = None,
     resolution: str = "2x",
     fps: float | None = None,
+    allow_truncated: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Write frames.zarr and scene.json for one scene; return the scene record."""
+    """Write frames.zarr and scene.json for one scene; return the scene record.
+
+    A video that breaks off before its declared length is an error naming the file and the
+    frame, unless `allow_truncated`: then the frames before the break are kept and the
+    shortfall is recorded in scene.json (`truncated`) and printed to the log.
+    """
     from tqdm import tqdm
 
     if stride < 1:
@@ -85,30 +92,41 @@ def extract_frames(
 
     params = {
         "kind": kind, "stride": stride, "max_frames": max_frames, "max_size": max_size,
-        "camera": camera, "resolution": resolution,
+        "camera": camera, "resolution": resolution, "allow_truncated": allow_truncated,
     }  # fmt: skip
     with store.atomic_path(out_zarr) as tmp:
         group = store.create_group(tmp)
         rgb = store.frame_array(group, "rgb", (capacity, height, width, 3), "uint8")
         names, indices = [], []
+        truncated = None
         frames = source.frames(want_set)
         bar = tqdm(total=capacity if wanted is not None else None, desc=f"frames {scene}", unit="frame", disable=not progress)
-        for index, name, frame in frames:
-            if wanted is None and index % stride:
-                continue
-            if frame.shape[:2] != source.size:
-                raise UserError(f"frame {name} of {source.path} is {frame.shape[1]}x{frame.shape[0]}, "
-                                f"the first was {source.size[1]}x{source.size[0]}: mixed sizes")  # fmt: skip
-            t = len(names)
-            if t >= rgb.shape[0]:
-                rgb.resize((2 * rgb.shape[0], height, width, 3))
-            rgb[t] = _resize(frame, (height, width))
-            names.append(name)
-            indices.append(index)
-            bar.update(1)
-            if max_frames is not None and len(names) >= max_frames:
-                break
-        bar.close()
+        try:
+            for index, name, frame in frames:
+                if wanted is None and index % stride:
+                    continue
+                if frame.shape[:2] != source.size:
+                    raise UserError(f"frame {name} of {source.path} is {frame.shape[1]}x{frame.shape[0]}, "
+                                    f"the first was {source.size[1]}x{source.size[0]}: mixed sizes")  # fmt: skip
+                t = len(names)
+                if t >= rgb.shape[0]:
+                    rgb.resize((2 * rgb.shape[0], height, width, 3))
+                rgb[t] = _resize(frame, (height, width))
+                names.append(name)
+                indices.append(index)
+                bar.update(1)
+                if max_frames is not None and len(names) >= max_frames:
+                    break
+        except readers.TruncatedVideo as cut:
+            bar.close()  # before any message, so the bar does not end the log
+            if not allow_truncated or not names:
+                raise
+            truncated = {"frames_read": cut.frames_read, "declared_frames": cut.declared, "reason": cut.reason,
+                         "frames_kept": len(names)}  # fmt: skip
+            print(f"warning: {source.path} breaks off at frame {cut.frames_read} ({cut.reason}); "
+                  f"frames.allow_truncated is set, so the {len(names)} frame(s) read are kept", file=sys.stderr)
+        finally:
+            bar.close()
         if not names:
             raise UserError(f"no frames could be read from {source.path}")
         if len(names) != rgb.shape[0]:
@@ -133,6 +151,7 @@ def extract_frames(
             "cameras": _scale_cameras(source.cameras, indices, source.size, (height, width)),
             "gt": source.gt,
             "annotations": source.annotations,
+            "truncated": truncated,
         }
         prov = store.provenance("frames", params, {"source": source.path})
         group.attrs.update({"provenance": prov, "fps": record["fps"], "frame_names": names, "source_indices": indices})
@@ -154,6 +173,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--camera", default=None, help="Neu3D camera (default cam00, the test camera)")
     parser.add_argument("--resolution", default="2x", help="HyperNeRF rgb/<resolution> folder (default 2x)")
     parser.add_argument("--fps", type=float, default=None, help="override the frame rate (image folders have none)")
+    parser.add_argument("--allow-truncated", action="store_true",
+                        help="keep the frames of a video that breaks off early (recorded in scene.json) instead of failing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -171,6 +192,7 @@ def run(args) -> None:
         camera=args.camera,
         resolution=args.resolution,
         fps=args.fps,
+        allow_truncated=args.allow_truncated,
         progress=not args.no_progress,
     )
     print(f"{record['num_frames']} frames of {record['width']}x{record['height']} -> {Path(args.out)}")

@@ -199,22 +199,43 @@ def _probe_video(path: Path) -> tuple[tuple[int, int], int | None, float | None]
         return (first.height, first.width), count, fps
 
 
-def _video_frames(path: Path) -> Callable[[set[int] | None], Frames]:
+class TruncatedVideo(UserError):
+    """A video that ends (or stops decoding) before the frames its container declares."""
+
+    def __init__(self, path: Path, frames_read: int, declared: int | None, detail: str | None = None):
+        self.path, self.frames_read, self.declared = path, frames_read, declared
+        of = f" of the {declared} its container declares" if declared else ""
+        self.reason = f"decoding fails there: {detail}" if detail else "the file ends there"
+        super().__init__(
+            f"video {path} breaks off at frame {frames_read}{of} ({self.reason}; a truncated or damaged file); "
+            f"set `frames.allow_truncated: true` (or the scene's `allow_truncated`) to keep the {frames_read} "
+            "frame(s) before it"
+        )
+
+
+def _video_frames(path: Path, declared: int | None) -> Callable[[set[int] | None], Frames]:
+    """Decode frames in order; a video that breaks off before a wanted frame raises TruncatedVideo
+    after the frames before the break were yielded (frame threading would hide the decode error,
+    so it is not used)."""
+
     def frames(wanted: set[int] | None) -> Frames:
         import av
 
         last = max(wanted) if wanted else None
+        decoded = 0
         with _open_video(path) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
             try:
-                for i, frame in enumerate(container.decode(stream)):
-                    if last is not None and i > last:
-                        break
-                    if wanted is None or i in wanted:
-                        yield i, f"{i:06d}", frame.to_ndarray(format="rgb24")
+                for frame in container.decode(stream):
+                    if last is not None and decoded > last:
+                        return
+                    if wanted is None or decoded in wanted:
+                        yield decoded, f"{decoded:06d}", frame.to_ndarray(format="rgb24")
+                    decoded += 1
             except av.error.FFmpegError as exc:
-                raise UserError(f"video {path} is damaged at frame {i}: {exc}") from None
+                raise TruncatedVideo(path, decoded, declared, getattr(exc, "strerror", None) or str(exc)) from None
+        if declared and decoded < declared and (last is None or decoded <= last):
+            raise TruncatedVideo(path, decoded, declared)
 
     return frames
 
@@ -225,7 +246,7 @@ def read_video(path: Path) -> Source:
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise UserError(f"{path.name}: unsupported video type {path.suffix!r}; expected {', '.join(sorted(VIDEO_SUFFIXES))}")
     size, count, fps = _probe_video(path)
-    return Source("video", path.resolve(), size, count, fps, _video_frames(path))
+    return Source("video", path.resolve(), size, count, fps, _video_frames(path, count))
 
 
 # ----------------------------------------------------------------------------- Neu3D

@@ -2,18 +2,24 @@
 
 Every artifact is written beside its final path and renamed into place only when complete,
 so a killed job never leaves something a later run would take as finished. Every artifact
-carries `provenance` in its attrs / metadata: stage, parameters, package version, the
-recipe digests of its inputs, and checkpoint sha256 where a model was loaded.
+carries `provenance` in its attrs / metadata: stage, parameters, package version, the digest
+of the stage's code, the recipe digests of its inputs, and checkpoint sha256 where a model was
+loaded. Recipe digests chain: an artifact's digest changes whenever the settings, inputs or code
+of any stage that led to it changed, so a resumable checkpoint or a cache keyed on them is
+never reused for other inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
 import shutil
+import socket
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -24,20 +30,71 @@ from pipeline.errors import UserError
 
 
 # ----------------------------------------------------------------------------- atomic writes
+TMP_MARK = ".tmp-"
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # a disk or folder that takes no more
+HOST = socket.gethostname().replace("-", "_") or "localhost"  # `-` separates the pid in temporary names
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary is `<name>.tmp-<host>-<pid>`. A kill -9 leaves it behind; the next write into
+    the same folder removes the ones whose writer is gone (same host, pid not running).
+    A full disk or read-only folder while writing is reported with this output's path.
+    """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    _remove(tmp)
+    tmp = final.with_name(f"{final.name}{TMP_MARK}{HOST}-{os.getpid()}")
     try:
-        yield tmp
-    except BaseException:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final.parent)
         _remove(tmp)
+        try:
+            yield tmp
+        except BaseException:
+            _remove(tmp)
+            raise
+        _remove(final)
+        os.replace(tmp, final)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS and (exc.filename is None or str(exc.filename).startswith(str(tmp))):
+            exc.filename = str(final)  # name the output, not its temporary
         raise
-    _remove(final)
-    os.replace(tmp, final)
+
+
+def _writer_alive(host: str, pid: int) -> bool:
+    """Whether the process that owns a temporary may still be writing it (unknown hosts: yes)."""
+    if host != HOST:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove `*.tmp-<host>-<pid>` entries of `folder` left by writers that no longer run."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        _, mark, owner = entry.name.rpartition(TMP_MARK)
+        host, _, pid = owner.rpartition("-")
+        if not mark or not pid.isdigit():
+            continue
+        if not _writer_alive(host or HOST, int(pid)):  # `.tmp-<pid>`: written here by an older version
+            try:
+                _remove(entry)
+            except FileNotFoundError:  # another run cleaned it first
+                continue
+            removed.append(entry)
+            print(f"removed {entry}: a temporary left by a killed run (pid {pid})", file=sys.stderr)
+    return removed
 
 
 def _remove(path: Path) -> None:
@@ -138,8 +195,9 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 def input_digest(path: str | os.PathLike) -> str:
     """Digest of an input: its recipe digest if it is one of our artifacts, else its content.
 
-    Folders that are not artifacts (image folders, scene folders) are hashed by their file
-    listing with sizes, which is cheap and changes whenever a file is added, removed or resized.
+    Folders that are not artifacts (image folders, scene folders, the generated demo scene,
+    model folders of many GB) are hashed by their file listing with sizes and modification
+    times: cheap, and it changes whenever a file is added, removed or rewritten.
     """
     p = Path(path)
     if not p.exists():
@@ -151,7 +209,8 @@ def input_digest(path: str | os.PathLike) -> str:
         return file_sha256(p)
     h = hashlib.sha256()
     for f in sorted(x for x in p.rglob("*") if x.is_file()):
-        h.update(f"{f.relative_to(p)}\0{f.stat().st_size}\n".encode())
+        stat = f.stat()
+        h.update(f"{f.relative_to(p).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -191,12 +250,19 @@ def provenance(
     checkpoints: Mapping[str, str | os.PathLike | None] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Provenance for a new artifact; `digest` identifies its recipe (stage, params, inputs, code)."""
+    """Provenance for a new artifact; `digest` identifies its recipe (stage, params, inputs, code).
+
+    `stage` is a registered command (`python -m pipeline <stage>`); `code` is the digest of
+    everything that command runs (`pipeline.code_digest`), the same value its rule passes.
+    """
+    from pipeline.code_digest import stage_digest
+
     record: dict[str, Any] = {
         "stage": stage,
         "params": json.loads(json.dumps(dict(params), default=_json_default)),
         "package": "langfield4d",
         "version": __version__,
+        "code": stage_digest(stage),
         "inputs": {k: {"path": str(v), "digest": input_digest(v)} for k, v in (inputs or {}).items()},
         "checkpoints": {
             k: (None if v is None else {"path": str(v), "sha256": file_sha256(v)}) for k, v in (checkpoints or {}).items()

@@ -1,10 +1,21 @@
 # Every Python helper of the workflow lives here; the rule files stay declarative.
+import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+try:  # the workflow digests the code the jobs run: the same package, where they import it from
+    from pipeline.code_digest import CodeDigestError, stage_digest
+except ImportError as exc:
+    sys.exit(
+        f"workflow error: cannot import the `pipeline` package ({exc}); run `make venv` (it installs "
+        "this checkout) or put the repository on PYTHONPATH"
+    )
 
 
 def validate_config(cfg):
@@ -19,6 +30,34 @@ def validate_config(cfg):
         sys.exit(f"config error at `{key}`: {error.message}")
 
 
+def duplicate_keys(node, path=()):
+    """(dotted key, line, first line) for each mapping key given twice under a composed YAML node."""
+    if isinstance(node, yaml.MappingNode):
+        first_line = {}
+        for key_node, value_node in node.value:
+            key, line = str(key_node.value), key_node.start_mark.line + 1
+            if key in first_line and key != "<<":
+                yield ".".join(path + (key,)), line, first_line[key]
+            first_line.setdefault(key, line)
+            yield from duplicate_keys(value_node, path + (key,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from duplicate_keys(item, path + (str(i),))
+
+
+def refuse_duplicate_keys(paths):
+    """Fail at start-up, in one line, for a key given twice in a config file (YAML keeps the last silently)."""
+    for path in paths:
+        try:
+            root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        except (OSError, yaml.YAMLError):
+            continue  # Snakemake itself reports unreadable config files
+        for key, line, first in duplicate_keys(root):
+            sys.exit(f"config error in {path} line {line}: key `{key}` is given twice (first on line {first}); "
+                     "keep one of them (YAML would silently use the last)")  # fmt: skip
+
+
+refuse_duplicate_keys(workflow.configfiles)
 validate_config(config)
 
 SCENES = dict(config["scenes"])
@@ -55,25 +94,63 @@ def video_enabled():
 
 
 def scene_targets(scene):
-    """Every final output of one scene, as far as its data allows."""
+    """Every artifact one scene's results depend on, as far as its data allows.
+
+    Intermediates are targets too: Snakemake does not rebuild a missing intermediate whose
+    dependants exist, so a job that failed or was killed after a change (its outputs removed)
+    would otherwise leave the old results reported as finished. Built from the rules' own input
+    functions, so the list is exactly what the scene's jobs read and write.
+    """
     base = scene_dir(scene)
-    targets = [
-        f"{base}/frames.zarr",
-        f"{base}/scene.json",
-        f"{base}/masks.zarr",
-        f"{base}/geometry.zarr",
-        f"{base}/render.zarr",
-    ]
+    this = SimpleNamespace(scene=scene, dataset=SCENES[scene]["dataset"])
+    targets = [f"{base}/{name}" for name in ("frames.zarr", "scene.json", "masks.zarr", "objects.parquet", "masks.png",
+                                             "tokens.zarr", "geometry.zarr", "render.zarr")]  # fmt: skip
+    if SCENES[scene]["source"] == "demo":
+        targets.append(frames_source(this))
+    if not config["sbd"].get("checkpoint"):
+        weights = Path(sbd_weights_for(this))
+        targets += [str(weights), str(weights.with_name("train_log.parquet")), str(weights.with_name("loss.png"))]
+        trained = SimpleNamespace() if scene in config["sbd"]["scenes"] else this
+        for paths in training_inputs(trained).values():
+            targets += paths
+        for kind in ("clip", "video") if video_enabled() else ("clip",):
+            for other in training_scenes(trained):
+                targets += latent_artifacts(other, kind)
     if has_annotations(scene):
-        targets.append(f"{base}/eval/metrics.parquet")
-    return targets
+        targets += [f"{base}/eval/metrics.parquet", f"{base}/eval/figures"]
+        for kind in ("clip", "video") if video_enabled() else ("clip",):
+            targets += autoencoder_artifacts(scene, kind)
+    return list(dict.fromkeys(targets))
+
+
+def feature_artifacts(scene, kind):
+    """A scene's `kind` feature table, with the captions the video features come with."""
+    base = scene_dir(scene)
+    return [f"{base}/{kind}_features.zarr"] + ([f"{base}/captions.parquet"] if kind == "video" else [])
+
+
+def autoencoder_artifacts(scene, kind):
+    """The `kind` autoencoder a scene uses and the features it trains on (none when one is given)."""
+    if config["autoencoder"][kind].get("checkpoint"):
+        return []
+    shared = scene in config["autoencoder"]["shared_scenes"]
+    trained_on = SimpleNamespace(kind=kind) if shared else SimpleNamespace(scene=scene, kind=kind)
+    artifacts = [autoencoder_path(scene, kind)]
+    for features in autoencoder_features(trained_on):  # video features come with their captions beside them
+        artifacts += [features] + ([str(Path(features).with_name("captions.parquet"))] if kind == "video" else [])
+    return artifacts
+
+
+def latent_artifacts(scene, kind):
+    """A scene's `kind` latents and everything they are made from."""
+    return [*feature_artifacts(scene, kind), f"{scene_dir(scene)}/{kind}_latents.zarr", *autoencoder_artifacts(scene, kind)]
 
 
 def all_targets():
     targets = [path for scene in SCENES for path in scene_targets(scene)]
     if any(has_annotations(scene) for scene in SCENES):
-        targets.append("results/reports/metrics.md")
-    return targets
+        targets += [f"results/reports/metrics.{suffix}" for suffix in ("parquet", "md", "html")]
+    return list(dict.fromkeys(targets))
 
 
 def evaluated_metrics(wildcards):
@@ -104,11 +181,13 @@ def frames_kind(wildcards):
 
 
 def optional_flag(flag, key):
-    """A param function giving `--flag value` when the scene/stage setting is set, else nothing."""
+    """A param function giving `--flag value` when the scene/stage setting is set (`--flag` for true), else nothing."""
     get = scene_setting(key)
 
     def render_flag(wildcards):
         value = get(wildcards)
+        if isinstance(value, bool):
+            return flag if value else ""
         return f"{flag} {value}" if value != "" else ""
 
     return render_flag
@@ -203,6 +282,17 @@ def check_checkpoints(cfg):
 
 
 check_checkpoints(config)
+
+
+def check_writable_folders():
+    """Before any job runs (onstart): a read-only results, logs or resources folder is one line
+    naming it, instead of Snakemake's traceback when it prepares the first job's outputs."""
+    for top in ("results", "resources", "logs", "benchmarks"):
+        root = Path(top)
+        for folder in [root, *root.glob("*"), *root.glob("*/*"), *root.glob("*/*/*")]:
+            if folder.is_dir() and not folder.is_symlink() and not os.access(folder, os.W_OK):
+                sys.exit(f"error: cannot write {folder}/ (read-only): make it writable, or run from a writable "
+                         "copy of the workflow folder, then run the same command again; nothing was run")  # fmt: skip
 
 
 def memory_mb(base):
@@ -316,22 +406,14 @@ def video_autoencoder_flag(wildcards):
     return f"--video-autoencoder {autoencoder_path(wildcards.scene, 'video')}" if video_enabled() else ""
 
 
-def stage_code(*paths):
-    """Digest of a stage's own modules: a param, so editing a stage's code reruns it and its dependants.
+def stage_code(stage):
+    """A param: digest of everything `python -m pipeline <stage>` runs (its module and every
+    `pipeline` module it imports), so editing any of it reruns that stage and its dependants.
 
-    Snakemake's `code` trigger sees only rule bodies; our stages live in the `pipeline` package,
-    digested where the jobs import it from (the checkout, for the editable install `make` does).
+    The same digest is recorded in each artifact's provenance (`pipeline.code_digest`). Snakemake's
+    own `code` trigger sees only rule bodies. A stage whose code cannot be read stops the run here.
     """
-    import hashlib
-    import importlib.util
-
-    spec = importlib.util.find_spec("pipeline")
-    if spec is None or not spec.submodule_search_locations:
-        return "unknown"
-    root = Path(list(spec.submodule_search_locations)[0]).parent
-    digest = hashlib.sha256()
-    for rel in paths:
-        location = root / rel
-        for source in sorted(location.rglob("*.py")) if location.is_dir() else [location]:
-            digest.update(source.read_bytes())
-    return digest.hexdigest()[:16]
+    try:
+        return stage_digest(stage)
+    except CodeDigestError as exc:
+        sys.exit(f"workflow error: {exc} (needed for the rule parameter `code`, which reruns changed stages)")

@@ -17,7 +17,7 @@ rule evaluate:
             subcategory="{scene}",
         ),
     params:
-        code=stage_code("pipeline/evaluate"),
+        code=stage_code("evaluate"),
         video=video_autoencoder_flag,
         options=evaluate_flags,
     threads: 2
@@ -49,7 +49,7 @@ rule report:
             category="Metrics",
         ),
     params:
-        code=stage_code("pipeline/evaluate/report.py"),
+        code=stage_code("report"),
     resources:
         mem_mb=1000,
         runtime=5,

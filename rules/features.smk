@@ -8,7 +8,7 @@ rule clip_features:
     output:
         directory("results/{dataset}/{scene}/clip_features.zarr"),
     params:
-        code=stage_code("pipeline/features"),
+        code=stage_code("clip-features"),
         options=flags("features.clip", "backend", "model", "checkpoint", "embedder", "batch_size", "device"),
     threads: 2
     resources:
@@ -36,7 +36,7 @@ rule video_features:
         features=directory("results/{dataset}/{scene}/video_features.zarr"),
         captions="results/{dataset}/{scene}/captions.parquet",
     params:
-        code=stage_code("pipeline/features"),
+        code=stage_code("video-features"),
         # the caption cache is not an output: Snakemake would delete it before a rerun
         cache="results/{dataset}/{scene}/caption_cache",
         options=flags("features.video", "captioner", "vlm", "embedder", "min_frames", "max_new_tokens", "device"),
@@ -63,7 +63,7 @@ rule autoencoder_train:
     output:
         "results/{dataset}/{scene}/{kind}_autoencoder.safetensors",
     params:
-        code=stage_code("pipeline/features"),
+        code=stage_code("autoencoder-train"),
         options=autoencoder_flags,
     threads: 1
     resources:
@@ -96,7 +96,7 @@ rule autoencode:
     output:
         directory("results/{dataset}/{scene}/{kind}_latents.zarr"),
     params:
-        code=stage_code("pipeline/features"),
+        code=stage_code("autoencode"),
     threads: 1
     resources:
         mem_mb=memory_mb(4000),

@@ -2,7 +2,7 @@ rule demo_scene:
     output:
         directory("resources/demo/{scene}"),
     params:
-        code=stage_code("pipeline/demo_scene.py"),
+        code=stage_code("demo-scene"),
         seed=scene_setting("seed"),
         frames=scene_setting("num_frames"),
     log:
@@ -22,7 +22,7 @@ rule frames:
         frames=directory("results/{dataset}/{scene}/frames.zarr"),
         scene="results/{dataset}/{scene}/scene.json",
     params:
-        code=stage_code("pipeline/frames.py", "pipeline/readers.py"),
+        code=stage_code("frames"),
         kind=frames_kind,
         stride=scene_setting("stride"),
         max_frames=optional_flag("--max-frames", "max_frames"),
@@ -30,6 +30,7 @@ rule frames:
         camera=optional_flag("--camera", "camera"),
         resolution=scene_setting("resolution"),
         fps=optional_flag("--fps", "fps"),
+        allow_truncated=optional_flag("--allow-truncated", "allow_truncated"),
     resources:
         mem_mb=4000,
         runtime=30,
@@ -43,4 +44,4 @@ rule frames:
         "python -m pipeline frames --source {input.source} --kind {params.kind} --out {output.frames}"
         " --scene-json {output.scene} --scene {wildcards.scene} --dataset {wildcards.dataset}"
         " --stride {params.stride} --resolution {params.resolution} {params.max_frames} {params.max_size}"
-        " {params.camera} {params.fps} > {log} 2>&1"
+        " {params.camera} {params.fps} {params.allow_truncated} --no-progress > {log} 2>&1"

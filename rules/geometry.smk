@@ -6,7 +6,7 @@ rule geometry:
         tokens=directory("results/{dataset}/{scene}/tokens.zarr"),
         geometry=directory("results/{dataset}/{scene}/geometry.zarr"),
     params:
-        code=stage_code("pipeline/geometry"),
+        code=stage_code("geometry"),
         weights=geometry_weights,
         options=flags("geometry", "mode", "cache_window", "chunk_size", "device", "dtype", "max_size", "layers"),
     threads: 2

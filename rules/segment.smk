@@ -13,7 +13,7 @@ rule segment:
             subcategory="{scene}",
         ),
     params:
-        code=stage_code("pipeline/segment"),
+        code=stage_code("segment"),
         options=flags(
             "segment",
             "backend",
@@ -41,4 +41,4 @@ rule segment:
         "../envs/sam2.yaml"
     shell:
         "python -m pipeline segment --frames {input.frames} --scene-json {input.scene} --out {output.masks}"
-        " --objects {output.objects} --contact-sheet {output.sheet} {params.options} > {log} 2>&1"
+        " --objects {output.objects} --contact-sheet {output.sheet} {params.options} --no-progress > {log} 2>&1"

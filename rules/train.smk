@@ -11,7 +11,7 @@ rule train:
             subcategory="{scene}",
         ),
     params:
-        code=stage_code("pipeline/sbd"),
+        code=stage_code("train"),
         inputs=training_arguments,
         # checkpoints to resume from are not outputs: Snakemake would delete them before a rerun
         checkpoints="results/{dataset}/{scene}/sbd_checkpoints",
@@ -38,7 +38,7 @@ use rule train as train_shared with:
         log="results/_all/train_log.parquet",
         plot="results/_all/loss.png",
     params:
-        code=stage_code("pipeline/sbd"),
+        code=stage_code("train"),
         inputs=training_arguments,
         checkpoints="results/_all/sbd_checkpoints",
         options=sbd_flags,
@@ -55,7 +55,7 @@ rule render:
     output:
         directory("results/{dataset}/{scene}/render.zarr"),
     params:
-        code=stage_code("pipeline/sbd"),
+        code=stage_code("render"),
         options=flags("sbd", "device", "output_placement"),
     threads: 2
     resources:

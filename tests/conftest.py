@@ -30,11 +30,12 @@ def demo_scene(tmp_path_factory) -> Path:
     return make_demo_scene(tmp_path_factory.mktemp("demo") / "demo", seed=0, num_frames=24)
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
-    """Encode RGB frames (T,H,W,3 uint8) as an mp4 with PyAV."""
+def write_video(path: Path, frames: np.ndarray, fps: int = 10, *, faststart: bool = False) -> Path:
+    """Encode RGB frames (T,H,W,3 uint8) as an mp4 with PyAV (`faststart`: its index at the front)."""
     import av
 
-    with av.open(str(path), mode="w") as container:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), mode="w", options=options) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -55,11 +56,22 @@ def moving_square_frames(count: int = 12, height: int = 64, width: int = 96) -> 
     return frames
 
 
-def workflow_env() -> dict[str, str]:
-    """Environment for subprocesses: this interpreter's bin first on PATH, offline hubs."""
+def truncated_video(path: Path, count: int = 40) -> Path:
+    """A faststart mp4 (index at the front) of `count` noisy moving-square frames, cut to half its
+    bytes: it declares `count` frames and decodes fewer. Noise keeps the frames' sizes even."""
+    frames = moving_square_frames(count).astype(np.int16)
+    frames += np.random.default_rng(0).integers(0, 40, frames.shape, dtype=np.int16)
+    write_video(path, np.clip(frames, 0, 255).astype(np.uint8), faststart=True)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def workflow_env(code: Path = REPO) -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first on PATH, offline hubs, and the
+    `pipeline` package imported from `code` (the repository, or a test's edited copy)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env["PYTHONPATH"] = f"{code}{os.pathsep}{env.get('PYTHONPATH', '')}"
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return env
 
@@ -76,9 +88,14 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--resources", "gpu=0", *args]
-    proc = subprocess.run(cmd, cwd=workdir, env=workflow_env(), capture_output=True, text=True, timeout=timeout)
+def snakemake_command(*args: str) -> list[str]:
+    """snakemake on 2 cores without GPUs; give targets before options that take lists (--configfile)."""
+    return [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--resources=gpu=0", *args]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200, code: Path = REPO) -> subprocess.CompletedProcess:
+    proc = subprocess.run(snakemake_command(*args), cwd=workdir, env=workflow_env(code), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -141,5 +158,6 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, set[str]]:
             jobs[rule].add(scene[0] if scene else "-")
     if rule and not seen_wildcards:
         jobs[rule].add("-")
-    jobs.pop("all", None)
+    for target_rule in [r for r in jobs if r == "all" or r.startswith("scene_")]:
+        jobs.pop(target_rule)
     return jobs

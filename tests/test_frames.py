@@ -9,7 +9,7 @@ import pytest
 import zarr
 from PIL import Image
 
-from conftest import moving_square_frames, workflow_env, write_video
+from conftest import moving_square_frames, truncated_video, workflow_env, write_video
 from pipeline.errors import UserError
 from pipeline.frames import extract_frames, target_size
 
@@ -52,6 +52,24 @@ def test_video_of_unknown_length_is_read_to_its_end(tmp_path, monkeypatch):
     monkeypatch.setattr(readers, "read_video", without_count)
     rgb, record = _extract(src, tmp_path, "video")
     assert rgb.shape[0] == 7 and record["source_indices"] == list(range(7))
+
+
+def test_video_cut_short_is_an_error_naming_file_and_frame_unless_allowed(tmp_path):
+    """A faststart mp4 (index at the front) cut to half its bytes declares 40 frames and holds fewer."""
+    src = truncated_video(tmp_path / "clip.mp4", 40)
+    with pytest.raises(UserError, match=r"clip\.mp4 breaks off at frame \d+ of the 40 its container declares") as cut:
+        _extract(src, tmp_path / "refused", "video")
+    assert "frames.allow_truncated" in str(cut.value)
+    assert not [p.name for p in (tmp_path / "refused").iterdir()]  # neither frames.zarr, scene.json nor a temporary
+    broke_at = int(str(cut.value).split(" breaks off at frame ")[1].split()[0])
+    assert 0 < broke_at < 40
+    rgb, record = _extract(src, tmp_path, "video", allow_truncated=True)
+    assert rgb.shape[0] == record["num_frames"] == record["truncated"]["frames_read"] == broke_at
+    assert record["truncated"]["declared_frames"] == 40
+    xs = [np.nonzero(f[30, :, 0] > 150)[0].min() for f in rgb[:10]]  # the frames kept are the video's, in order
+    assert np.allclose(np.diff(xs), 5, atol=1)
+    rgb, record = _extract(src, tmp_path / "start", "video", max_frames=5)  # the intact start needs no permission
+    assert rgb.shape[0] == 5 and record["truncated"] is None
 
 
 def test_real_video_file(tmp_path):

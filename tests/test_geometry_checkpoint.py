@@ -114,3 +114,16 @@ def test_stage_with_converted_checkpoint_records_its_sha(tmp_path, tiny_model):
     with pytest.raises(UserError, match="either a checkpoint"):
         compute_geometry(frames, tmp_path / "out2", checkpoint=ckpt, random_init=0,
                          architecture={"embed_dim": 32, "depth": 2, "num_heads": 2})
+
+
+def test_other_key_layouts_are_refused_naming_file_key_and_keys(tmp_path, tiny_model):
+    state = dict(tiny_model.state_dict())
+    nested = _save({f"module.{k}": v for k, v in state.items()}, tmp_path / "nested.safetensors")
+    with pytest.raises(UserError) as refused:
+        build_model(checkpoint=nested)
+    message = str(refused.value)
+    assert str(nested) in message and "`geometry.checkpoint`" in message
+    assert "missing aggregator.camera_token" in message and "every key starts with `module.`" in message
+    odd = _save({**state, "aggregator.register_token": torch.zeros(5)}, tmp_path / "odd.safetensors")
+    with pytest.raises(UserError, match=r"odd\.safetensors.*geometry\.checkpoint.*aggregator\.register_token \(5,\)"):
+        build_model(checkpoint=odd)

@@ -24,6 +24,16 @@ def test_config_error_names_the_key(tmp_path):
     assert last == "config error at `scenes.clip.stride`: 0 is less than the minimum of 1"
 
 
+def test_a_key_given_twice_is_refused_naming_it(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    text = "scenes:\n  one:\n    dataset: demo\n    source: demo\n  one:\n    dataset: demo\n    source: demo\n    seed: 3\n"
+    (workdir / "config.yaml").write_text(text)
+    proc = snakemake(workdir, "-n", check=False)
+    assert proc.returncode != 0
+    last = (proc.stdout + proc.stderr).strip().splitlines()[-1]
+    assert last.startswith("config error in ") and "config.yaml line 5: key `scenes.one` is given twice (first on line 2)" in last
+
+
 def test_demo_dag_runs_and_second_run_does_nothing(demo_workflow):
     scene = demo_workflow / "results/demo/demo"
     record = json.loads((scene / "scene.json").read_text())

@@ -4,7 +4,8 @@ The VLM sees 4DLangSplat's visual prompt: the frame with its background Gaussian
 grey, the object in colour and red dots on the object's boundary. It first writes one caption
 per object video, then one state caption per frame from context frames t-3, t, t+3 (positions in
 the object's own frame list; only t near the ends). Every caption is cached on disk under a key
-of (object, frame, model, prompt, input digest), so a rerun never captions the same thing again.
+of (object, frame, model, prompt, input digests, captioning code), so a rerun never captions the
+same thing again and never reuses a caption made from other inputs or by other code.
 """
 
 from __future__ import annotations
@@ -99,11 +100,10 @@ class CaptionCache:
         self.misses += 1
         if self.folder is None:
             return
-        p = self._path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f"{p.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"caption": caption, **record}, sort_keys=True))
-        os.replace(tmp, p)
+        from pipeline.store import atomic_path
+
+        with atomic_path(self._path(key)) as tmp:
+            tmp.write_text(json.dumps({"caption": caption, **record}, sort_keys=True))
 
 
 # ----------------------------------------------------------------------------- VLM

@@ -74,6 +74,7 @@ def video_features(
     from pipeline.features.captioning import CaptionCache, VlmCaptioner, caption_objects_gt, caption_objects_vlm
     from pipeline.features.inputs import level_index, objects_path_for, open_frames, open_masks, read_objects, read_scene
     from pipeline.features.text import encode_texts, resolve_device, sentence_transformers_space
+    from pipeline.code_digest import module_digest
     from pipeline.store import input_digest, provenance, write_parquet
 
     if captioner not in CAPTIONERS:
@@ -110,7 +111,10 @@ def video_features(
         vlm = VlmCaptioner(vlm_path, device=device, max_new_tokens=max_new_tokens)
         model_id = vlm.model_id
         cache = CaptionCache(cache_dir or out_path.parent / "caption_cache")
-        digest = json.dumps([input_digest(frames_path), input_digest(masks_path), level])
+        # cached captions are reused only for the same inputs (their recipes carry the code that
+        # made them) and the same captioning code
+        digest = json.dumps([input_digest(frames_path), input_digest(masks_path), level,
+                             module_digest("pipeline.features.captioning")])
         captions, video_captions, skipped = caption_objects_vlm(
             vlm, frames, level_masks, visible, cache=cache, inputs_digest=digest, min_frames=min_frames, progress=progress
         )

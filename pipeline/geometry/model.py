@@ -170,12 +170,43 @@ def load_weights(model: GeometryModel, state: dict[str, torch.Tensor], *, source
     return ignored
 
 
-def config_from_state(state: dict[str, torch.Tensor], dpt_layers=None) -> GeometryConfig:
+# the keys the architecture is read from, with their number of dimensions
+LAYOUT_KEYS = {
+    "aggregator.camera_token": 4, "aggregator.register_token": 4, "aggregator.frame_blocks.0.attn.q_norm.weight": 1,
+    "aggregator.frame_blocks.0.mlp.fc1.weight": 2, "depth_head.scratch.layer1_rn.weight": 4,
+    **{f"depth_head.projects.{i}.weight": 4 for i in range(4)},
+}  # fmt: skip
+PATCH_KEYS = ("aggregator.patch_embed.patch_embed.proj.weight", "aggregator.patch_embed.proj.weight")  # dinov2, conv
+
+
+def _layout_error(state, source: str, config_key: str) -> str | None:
+    """What keeps `state` from being read as StreamVGGT/VGGT: missing keys, odd shapes, what it has instead."""
+    missing = [k for k in LAYOUT_KEYS if k not in state]
+    if not any(k in state for k in PATCH_KEYS):
+        missing.append(" or ".join(PATCH_KEYS))
+    if not any(k.startswith("camera_head.trunk.") for k in state):
+        missing.append("camera_head.trunk.*")
+    odd = [f"{k} {tuple(state[k].shape)}" for k, ndim in LAYOUT_KEYS.items() if k in state and state[k].ndim != ndim]
+    if not missing and not odd:
+        return None
+    head = f"checkpoint {source} (config key `{config_key}`) does not have the StreamVGGT/VGGT key layout: "
+    if odd:
+        return head + f"unexpected shape(s) {_summarise(odd, 4)}"
+    heads = {k.split(".", 1)[0] for k in state}
+    nested = f"; every key starts with `{heads.pop()}.` (weights nested one level too deep?)" if len(heads) == 1 else ""
+    return head + f"missing {_summarise(missing, 4)}; it has {len(state)} key(s), e.g. {_summarise(list(state), 4)}{nested}"
+
+
+def config_from_state(state: dict[str, torch.Tensor], dpt_layers=None, *, source: str = "(state dict)",
+                      config_key: str = "geometry.checkpoint") -> GeometryConfig:
     """The architecture a checkpoint was trained with, read off its parameter shapes.
 
     The DPT layer indices leave no trace in the weights: (4, 11, 17, 23) for 24 blocks,
     else `dpt_layers` or the spread `GeometryConfig.small` uses.
     """
+    problem = _layout_error(state, source, config_key)
+    if problem:
+        raise UserError(problem)
     try:
         embed = state["aggregator.camera_token"].shape[-1]
         depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("aggregator.frame_blocks."))
@@ -198,7 +229,8 @@ def config_from_state(state: dict[str, torch.Tensor], dpt_layers=None) -> Geomet
         kw["dpt_features"] = state["depth_head.scratch.layer1_rn.weight"].shape[0]
         kw["mlp_ratio"] = state["aggregator.frame_blocks.0.mlp.fc1.weight"].shape[0] / embed
     except (KeyError, ValueError, IndexError) as exc:
-        raise UserError(f"checkpoint does not have the StreamVGGT/VGGT key layout (missing or odd {exc})") from None
+        raise UserError(f"checkpoint {source} (config key `{config_key}`) does not have the StreamVGGT/VGGT key "
+                        f"layout: a tensor has an unexpected shape or a key is missing ({exc.__class__.__name__}: {exc})") from None
     if dpt_layers is None:
         dpt_layers = (4, 11, 17, 23) if depth == 24 else tuple(round(i * (depth - 1) / 3) for i in range(4))
     return GeometryConfig(**kw, dpt_layers=tuple(int(i) for i in dpt_layers))

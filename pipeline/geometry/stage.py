@@ -56,7 +56,7 @@ def build_model(*, checkpoint=None, random_init: int | None = None, architecture
     if architecture and any(v is not None for v in architecture.values()):
         raise UserError("architecture options are only for --random-init; a checkpoint carries its own")
     state = load_state_dict(checkpoint, config_key=config_key, what="StreamVGGT/VGGT")
-    config = config_from_state(state)
+    config = config_from_state(state, source=str(checkpoint), config_key=config_key)
     config.validate()
     with torch.device("meta"):
         model = GeometryModel(config)

@@ -8,10 +8,11 @@ latents, gets the same L1 + cosine on its latents. AdamW with linear warm-up the
 cosine learning rate, grad clip, AMP on CUDA only, seeded.
 
 Checkpoints (safetensors: weights, optimizer and RNG state, training log) go to
---checkpoint-dir every --save-every epochs; a rerun with the same settings and inputs resumes
-from the newest one and ends with the same weights as an uninterrupted run. Writes the final
-weights (`--out`, with architecture, token layers, output placement and latent spaces in its
-metadata), a Parquet training log and a loss-curve PNG.
+--checkpoint-dir every --save-every epochs; a rerun with the same settings, inputs and code
+(the inputs' recipe digests cover the code that made them) resumes from the newest one and ends
+with the same weights as an uninterrupted run; any other checkpoint is removed, never resumed.
+Writes the final weights (`--out`, with architecture, token layers, output placement and latent
+spaces in its metadata), a Parquet training log and a loss-curve PNG.
 """
 
 from __future__ import annotations
@@ -147,8 +148,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 # ----------------------------------------------------------------------------- checkpoints
 def _fingerprint(settings: TrainSettings, scenes: Sequence[SceneSources]) -> str:
+    """What a checkpoint must match to be resumed: settings, the trainer's code, and the inputs'
+    recipe digests (which carry the settings and code of every stage that made them)."""
+    from pipeline.code_digest import stage_digest
+
     record = {
         "settings": settings.fingerprint_dict(),
+        "code": stage_digest("train"),
         "scenes": [
             {k: (None if v is None else store.input_digest(v)) for k, v in dataclasses.asdict(s).items()} for s in scenes
         ],
@@ -187,7 +193,7 @@ def save_train_state(path: Path, *, model, optimizer, scaler, epoch: int, step: 
 
 
 def find_resume_point(directory: Path, fingerprint: str) -> Path | None:
-    """Newest checkpoint in `directory` written by a run with the same settings and inputs."""
+    """Newest checkpoint in `directory` written by a run with the same fingerprint (settings, inputs, code)."""
     from pipeline.checkpoints import checkpoint_metadata
 
     if not directory.is_dir():
@@ -368,10 +374,10 @@ def train_sbd(
             resumed_from = str(ckpt)
             print(f"resuming from {ckpt} (epoch {start_epoch})", flush=True)
     if resumed_from is None and checkpoint_dir.is_dir():
-        # Checkpoints of another recipe (other settings or inputs) would only confuse pruning.
+        # Checkpoints of another recipe (other settings, inputs or code) are never resumed.
         stale = sorted(checkpoint_dir.glob("epoch_*.safetensors"))
         if stale:
-            print(f"starting fresh: removing {len(stale)} checkpoint(s) of other settings/inputs in {checkpoint_dir}", flush=True)
+            print(f"starting fresh: removing {len(stale)} checkpoint(s) of other settings, inputs or code in {checkpoint_dir}", flush=True)
         for path in stale:
             path.unlink(missing_ok=True)
 
