@@ -197,3 +197,16 @@ def test_stage_writes_the_dynamic_mask(tmp_path):
     np.testing.assert_allclose(mask[:], np.stack([o.dynamic_mask.numpy() for o in expected]), atol=1e-6)
     compute_geometry(tmp_path / "frames.zarr", tmp_path / "plain", random_init=2, architecture=arch)
     assert "dynamic_mask" not in store.open_group(tmp_path / "plain" / "geometry.zarr")
+
+
+def test_merged_stream_keeps_each_cached_key_beside_its_mask():
+    model = tiny(True)
+    cache = model.aggregator.new_cache(2, merge_ratio=0.5)
+    with torch.no_grad():
+        for img in frames(4):
+            model.aggregator(img[None, None], keep_layers=[], mask=TimeMask(causal=True, window=2), cache=cache)
+    for i, layer in enumerate(cache.layers):
+        assert layer.frame_tokens == [5 + 12 - 6] * 2 and layer.k.shape[2] == layer.log_size.shape[1] == 22
+        assert (layer.key_mask is not None) == (i in model.config.mask_layers)
+        if layer.key_mask is not None:
+            assert layer.key_mask.shape == (1, 22) and bool((layer.key_mask.abs() < 0.5).all())
