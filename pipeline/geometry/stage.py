@@ -45,14 +45,14 @@ CONFIG_KEY = "geometry.checkpoint"
 BACKBONES = ("streamvggt", "vggt", "page4d")
 
 
-def _check_mask_keys(state, *, backbone: str, page4d_mask: bool, ignore_keys, source: str) -> None:
+def _check_mask_keys(state, *, backbone: str, page4d_mask: bool, ignore_keys, source: str, config_key: str) -> None:
     """A checkpoint's PAGE-4D mask head must be asked for, or explicitly ignored; never skipped silently."""
     mask_keys = sorted(k for k in state if k.startswith(MASK_PREFIX))
     ignored = [k for k in mask_keys if any(k.startswith(p) for p in ignore_keys)]
     if page4d_mask:
         if not mask_keys:
             raise UserError(f"`geometry.page4d_mask: true` needs PAGE-4D's mask head, but checkpoint {source} "
-                            f"(`{CONFIG_KEY}`) has no {MASK_PREFIX}head0.* keys (expected {MASK_PREFIX}head0.0.weight ...)")
+                            f"(`{config_key}`) has no {MASK_PREFIX}head0.* keys (expected {MASK_PREFIX}head0.0.weight ...)")
         if ignored:
             raise UserError(f"`geometry.ignore_keys` drops {ignored[0]}, which `geometry.page4d_mask: true` needs")
         return
@@ -60,7 +60,7 @@ def _check_mask_keys(state, *, backbone: str, page4d_mask: bool, ignore_keys, so
     if kept:
         fix = ("set `geometry.page4d_mask: true` to run the mask variant" if backbone == "page4d"
                else "set `geometry.backbone: page4d` and `geometry.page4d_mask: true` to run the mask variant")
-        raise UserError(f"checkpoint {source} (`{CONFIG_KEY}`) has PAGE-4D mask-head key {kept[0]} but "
+        raise UserError(f"checkpoint {source} (`{config_key}`) has PAGE-4D mask-head key {kept[0]} but "
                         f"`geometry.page4d_mask` is false: {fix}, or list {MASK_PREFIX} in `geometry.ignore_keys` "
                         "to run without it (PAGE-4D's 'nomask' checkpoint)")
 
@@ -91,7 +91,7 @@ def build_model(*, checkpoint=None, random_init: int | None = None, architecture
         raise UserError("architecture options are only for --random-init; a checkpoint carries its own")
     state = load_state_dict(checkpoint, config_key=config_key, what="StreamVGGT/VGGT/PAGE-4D")
     _check_mask_keys(state, backbone=backbone, page4d_mask=page4d_mask, ignore_keys=tuple(ignore_keys),
-                     source=str(checkpoint))
+                     source=str(checkpoint), config_key=config_key)
     config = dataclasses.replace(config_from_state(state), dynamic_mask=page4d_mask)
     config.validate()
     with torch.device("meta"):
