@@ -198,7 +198,7 @@ def test_bfloat16_cache_under_float32_compute():
     half_cache = outputs(model, imgs, mode="stream", cache_window=2, cache_dtype="bfloat16")
     ref = max(x.tokens[3].abs().max().item() for x in full)
     assert 0 < max_diff(full, half_cache, "tokens") < 0.02 * ref
-    assert max_diff(full[:1], half_cache[:1], "tokens") == 0  # frame 0 has nothing cached to read
+    assert max_diff(full[:1], half_cache[:1], "tokens") < 1e-6  # frame 0 has nothing cached to read
     cache = model.aggregator.new_cache(window=2, dtype=torch.bfloat16)
     fp32 = model.aggregator.new_cache(window=2)
     with torch.no_grad():
