@@ -28,9 +28,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from pipeline import store  # noqa: E402
-from pipeline.sbd.data import SceneData, TokenReader, layer_array_name  # noqa: E402
+from pipeline.sbd.data import SceneData, TokenReader  # noqa: E402
 from pipeline.sbd.model import SemanticBridgingDecoder  # noqa: E402
 from pipeline.sbd.train import TrainSettings, sbd_losses, train_sbd  # noqa: E402
+from pipeline.tokenstore import layer_array_name  # noqa: E402
 from sbd_synthetic import make_scene  # noqa: E402
 
 

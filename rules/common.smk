@@ -212,7 +212,7 @@ def flags(section, *keys):
         parts = []
         for key in keys:
             value = settings.get(key)
-            if value is None or value is False:
+            if value is None or value is False or value == []:
                 continue
             flag = f"--{key.replace('_', '-')}"
             if value is True:

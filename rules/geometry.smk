@@ -8,7 +8,23 @@ rule geometry:
     params:
         code=stage_code("geometry"),
         weights=geometry_weights,
-        options=flags("geometry", "mode", "cache_window", "chunk_size", "device", "dtype", "max_size", "layers"),
+        options=flags(
+            "geometry",
+            "backbone",
+            "page4d_mask",
+            "ignore_keys",
+            "mode",
+            "cache_window",
+            "chunk_size",
+            "device",
+            "dtype",
+            "cache_dtype",
+            "merge_ratio",
+            "max_size",
+            "layers",
+            "points",
+            "token_dtype",
+        ),
     threads: 2
     resources:
         gpu=1,

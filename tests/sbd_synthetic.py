@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.sbd.data import SceneSources, layer_array_name
+from pipeline.sbd.data import SceneSources
+from pipeline.tokenstore import layer_array_name
 
 N_OBJECTS = 3
 

@@ -69,12 +69,12 @@ def test_mismatched_checkpoints_are_refused_by_name(tmp_path, tiny_model):
         build_model(checkpoint=_save(wrong, tmp_path / "wrong.safetensors"))
 
 
-def test_page4d_mask_head_needs_an_explicit_ignore(tmp_path, tiny_model):
+def test_page4d_mask_head_needs_the_mask_variant_or_an_explicit_ignore(tmp_path, tiny_model):
     state = {**tiny_model.state_dict(), "aggregator.spatial_mask_head.head0.0.weight": torch.zeros(4, 1, 3, 3)}
     path = _save(state, tmp_path / "page4d.safetensors")
-    with pytest.raises(UserError, match="--ignore-keys aggregator.spatial_mask_head."):
+    with pytest.raises(UserError, match=r"aggregator\.spatial_mask_head\.head0\.0\.weight.*geometry\.ignore_keys"):
         build_model(checkpoint=path)
-    _, weights = build_model(checkpoint=path, ignore_keys=("aggregator.spatial_mask_head.",))
+    _, weights = build_model(checkpoint=path, backbone="page4d", ignore_keys=("aggregator.spatial_mask_head.",))
     assert weights["ignored_keys"]["aggregator.spatial_mask_head."] == 1
 
 

@@ -7,6 +7,8 @@ import torch
 from pipeline.geometry.heads import pose_encoding_to_cameras, quaternion_to_matrix
 from pipeline.geometry.layers import RotaryEmbedding2D
 from pipeline.geometry.model import GeometryConfig, GeometryModel, config_from_state, random_model
+from pipeline.errors import UserError
+from pipeline.geometry.layers import TimeMask
 from pipeline.geometry.runner import run_geometry
 from conftest import shared_reference
 
@@ -145,3 +147,70 @@ def test_bfloat16_autocast_runs_close_to_float32():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model.aggregator(imgs[0][None, None], keep_layers=[], cache=cache, mask=_causal(2))
     assert cache.layers[0].k.dtype == torch.bfloat16
+
+
+def test_zero_merges_equal_the_plain_model():
+    model = tiny()
+    imgs = frames(5)
+    plain = outputs(model, imgs, mode="stream", cache_window=3)
+    # a ratio this small merges no token of a 20-patch frame but runs the whole merging path
+    # (merge step, log-size bias on the logits)
+    none_merged = outputs(model, imgs, mode="stream", cache_window=3, merge_ratio=0.01)
+    for field in FIELDS:
+        assert max_diff(plain, none_merged, field) < 1e-5, field
+    merged = outputs(model, imgs, mode="stream", cache_window=3, merge_ratio=0.5)
+    assert max_diff(plain, merged, "tokens") > 1e-4
+    with pytest.raises(UserError, match="stream"):
+        outputs(model, imgs, mode="batch", merge_ratio=0.5)
+    with pytest.raises(UserError, match="merge ratio"):
+        outputs(model, imgs, mode="stream", merge_ratio=0.9)
+
+
+def test_merging_identical_tokens_changes_nothing_and_shrinks_the_cache():
+    from pipeline.geometry.layers import KVCache, TimeContext, attend_in_time
+
+    g = torch.Generator().manual_seed(0)
+    special, patches, heads, dim = 1, 8, 2, 4
+    per = special + patches
+    k0, v0 = torch.randn(1, heads, per, dim, generator=g), torch.randn(1, heads, per, dim, generator=g)
+    # destinations are patches 0 and 4 (tokens 1 and 5): make patches 1, 2 copies of 0 and patch 5 a copy of 4
+    for src, dst in ((2, 1), (3, 1), (6, 5)):
+        k0[:, :, src], v0[:, :, src] = k0[:, :, dst], v0[:, :, dst]
+    q1, k1, v1 = (torch.randn(1, heads, per, dim, generator=g) for _ in range(3))
+    causal = TimeMask(causal=True)
+    results, caches = [], []
+    for ratio in (0.0, 3 / 8):
+        cache = KVCache(merge_ratio=ratio, special_tokens=special)
+        attend_in_time(torch.zeros(1, heads, per, dim), k0, v0, k0, TimeContext(per, causal, cache))
+        results.append(attend_in_time(q1, k1, v1, k1, TimeContext(per, causal, cache)))
+        caches.append(cache)
+    assert caches[0].frame_tokens == [per, per] and caches[1].frame_tokens == [per - 3, per - 3]
+    assert caches[1].k.shape[2] == 2 * (per - 3)
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=1e-5)
+
+
+def test_bfloat16_cache_under_float32_compute():
+    model = tiny()
+    imgs = frames(4)
+    full = outputs(model, imgs, mode="stream", cache_window=2)
+    half_cache = outputs(model, imgs, mode="stream", cache_window=2, cache_dtype="bfloat16")
+    ref = max(x.tokens[3].abs().max().item() for x in full)
+    assert 0 < max_diff(full, half_cache, "tokens") < 0.02 * ref
+    assert max_diff(full[:1], half_cache[:1], "tokens") < 1e-6  # frame 0 has nothing cached to read
+    cache = model.aggregator.new_cache(window=2, dtype=torch.bfloat16)
+    fp32 = model.aggregator.new_cache(window=2)
+    with torch.no_grad():
+        for c in (cache, fp32):
+            model.aggregator(imgs[0][None, None], keep_layers=[], cache=c, mask=_causal(2))
+    assert cache.layers[0].k.dtype == torch.bfloat16 and cache.nbytes() * 2 == fp32.nbytes()
+
+
+def test_point_maps_stream_equal_batch():
+    model = tiny()
+    imgs = frames(4)
+    stream = outputs(model, imgs, mode="stream", cache_window=2, points=True)
+    batch = outputs(model, imgs, mode="batch", cache_window=2, chunk_size=3, points=True)
+    assert stream[0].world_points.shape == (56, 70, 3) and stream[0].world_points_conf.shape == (56, 70)
+    assert stream[0].world_points.dtype == torch.float32 and bool((stream[0].world_points_conf > 1).all())
+    assert max_diff(stream, batch, "world_points") < 1e-4 and max_diff(stream, batch, "world_points_conf") < 1e-4
+    assert outputs(model, imgs[:1], mode="stream")[0].world_points is None

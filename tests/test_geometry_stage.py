@@ -87,6 +87,22 @@ def test_batch_stage_equals_stream_stage_and_offline_differs(tmp_path):
     assert dict(tokens["offline"].attrs)["cache_window"] is None
 
 
+def test_point_maps_shape_dtype_chunking_and_values(tmp_path):
+    frames, data = write_frames_zarr(tmp_path / "frames.zarr", n=3)
+    compute_geometry(frames, tmp_path / "out", random_init=7, architecture=TINY, cache_window=2, points=True)
+    geometry = store.open_group(tmp_path / "out" / "geometry.zarr")
+    H, W = 56, 70
+    points, conf = geometry["world_points"], geometry["world_points_conf"]
+    assert points.shape == (3, H, W, 3) and str(points.dtype) == "float32" and points.chunks == (1, H, W, 3)
+    assert conf.shape == (3, H, W) and str(conf.dtype) == "float32" and conf.chunks == (1, H, W)
+    model, _ = build_model(random_init=7, architecture=TINY)
+    crop = [d[2 : 2 + H, 5 : 5 + W] for d in data]
+    expected = list(run_geometry(model.eval(), crop, mode="stream", cache_window=2, points=True))
+    np.testing.assert_allclose(points[:], np.stack([o.world_points.numpy() for o in expected]), rtol=1e-6)
+    np.testing.assert_allclose(conf[:], np.stack([o.world_points_conf.numpy() for o in expected]), rtol=1e-6)
+    assert dict(store.open_group(tmp_path / "out" / "tokens.zarr").attrs)["provenance"]["params"]["points"] is True
+
+
 def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
     frames, _ = write_frames_zarr(tmp_path / "frames.zarr")
 
@@ -171,6 +187,13 @@ def test_cli_smoke(tmp_path):
     tokens = store.open_group(tmp_path / "out" / "tokens.zarr")
     assert sorted(tokens.array_keys()) == ["camera", "layer_00", "layer_01", "layer_02", "layer_03"]
     assert tokens["layer_00"].shape[0] == 3
+    page4d = _cli("--frames", frames, "--out", tmp_path / "page4d", "--random-init", 0, "--embed-dim", 32, "--depth", 4,
+                  "--heads", 2, "--backbone", "page4d", "--page4d-mask", "--points", "--token-dtype", "int4",
+                  "--mode", "offline", "--no-progress")
+    assert page4d.returncode == 0, page4d.stderr
+    geometry = store.open_group(tmp_path / "page4d" / "geometry.zarr")
+    assert {"dynamic_mask", "world_points", "world_points_conf"} <= set(geometry.array_keys())
+    assert dict(store.open_group(tmp_path / "page4d" / "tokens.zarr").attrs)["token_dtype"] == "int4"
     bad = _cli("--frames", frames, "--out", tmp_path / "out2", "--checkpoint", tmp_path / "missing.safetensors")
     assert bad.returncode == 2
     assert "geometry.checkpoint" in bad.stderr and "Traceback" not in bad.stderr

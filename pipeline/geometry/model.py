@@ -1,9 +1,10 @@
 """The whole geometry network, its architecture settings, and strict checkpoint loading.
 
-Parameter names and shapes match the official StreamVGGT `checkpoints.pth` and VGGT-1B
-`model.pt` (after `python -m pipeline convert-checkpoint`), so they load key for key. The
-track head is not built: its keys are the only ones a checkpoint may carry beyond the model,
-and they are dropped by name (`IGNORED_PREFIXES`), never by a non-strict load.
+Parameter names and shapes match the official StreamVGGT `checkpoints.pth`, VGGT-1B `model.pt`
+and PAGE-4D's checkpoints (after `python -m pipeline convert-checkpoint`), so they load key for
+key. The track head is not built: its keys are the only ones a checkpoint may carry beyond the
+model, and they are dropped by name (`IGNORED_PREFIXES`), never by a non-strict load. PAGE-4D's
+mask head (`MASK_PREFIX`) is built when `dynamic_mask` is on and then loads strictly too.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import torch
 from torch import nn
 
 from pipeline.errors import UserError
-from pipeline.geometry.aggregator import Aggregator
+from pipeline.geometry.aggregator import Aggregator, DynamicMaskHead
 from pipeline.geometry.heads import CameraHead, DPTHead
 
 # Checkpoint keys that are known and deliberately not loaded, with the reason.
 IGNORED_PREFIXES = {"track_head.": "the track head is not built (point tracking is not used by the pipeline)"}
+MASK_PREFIX = "aggregator.spatial_mask_head."  # PAGE-4D's dynamic-mask head
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,23 @@ class GeometryConfig:
     dpt_features: int = 256
     dpt_out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
     dpt_layers: tuple[int, int, int, int] = (4, 11, 17, 23)
+    # PAGE-4D: the mask head reads the frame-block output of `mask_from_layer`; its mask biases
+    # the special-token queries of the global blocks in `mask_layers` with strength `mask_alpha`
+    dynamic_mask: bool = False
+    mask_hidden: int = 256
+    mask_from_layer: int = 9
+    mask_layers: tuple[int, ...] = tuple(range(10, 20))
+    mask_alpha: float = 64.0
 
     @classmethod
     def small(cls, *, embed_dim: int, depth: int, num_heads: int, patch_embed: str = "conv",
-              dpt_layers=None, patch_embed_depth: int | None = None, img_size: int = 518) -> "GeometryConfig":
-        """A scaled-down model for tests and the weight-free demo; head widths follow the width."""
+              dpt_layers=None, patch_embed_depth: int | None = None, img_size: int = 518,
+              dynamic_mask: bool = False, mask_alpha: float = 64.0) -> "GeometryConfig":
+        """A scaled-down model for tests and the weight-free demo; head widths follow the width.
+
+        Below 24 layers the PAGE-4D mask layers are spread like the DPT layers: the mask comes
+        from the layer at 9/23 of the depth and biases the layers after it up to 19/23.
+        """
         if dpt_layers is None:
             dpt_layers = tuple(round(i * (depth - 1) / 3) for i in range(4))
         return cls(
@@ -61,6 +75,10 @@ class GeometryConfig:
             dpt_features=max(8, embed_dim // 4),
             dpt_out_channels=(max(4, embed_dim // 4), max(4, embed_dim // 2), embed_dim, embed_dim),
             dpt_layers=tuple(int(i) for i in dpt_layers),
+            dynamic_mask=dynamic_mask,
+            mask_hidden=mask_hidden_for(embed_dim),
+            mask_alpha=mask_alpha,
+            **mask_layers_for(depth),
         )
 
     def validate(self) -> None:
@@ -71,6 +89,13 @@ class GeometryConfig:
             problems.append("the head dim must be a multiple of 4 for 2-D RoPE")
         if len(self.dpt_layers) != 4 or any(not 0 <= i < self.depth for i in self.dpt_layers):
             problems.append(f"dpt_layers {list(self.dpt_layers)} must be 4 layer indices below depth {self.depth}")
+        if self.dynamic_mask:
+            if not 0 <= self.mask_from_layer < self.depth - 1:
+                problems.append(f"the dynamic mask needs a layer after mask_from_layer {self.mask_from_layer} "
+                                f"(depth {self.depth}, at least 2)")
+            elif not self.mask_layers or any(not self.mask_from_layer < i < self.depth for i in self.mask_layers):
+                problems.append(f"mask_layers {list(self.mask_layers)} must lie after mask_from_layer "
+                                f"{self.mask_from_layer} and below depth {self.depth}")
         if self.patch_embed not in ("dinov2", "conv"):
             problems.append(f"patch_embed {self.patch_embed!r} must be 'dinov2' or 'conv'")
         if problems:
@@ -100,6 +125,9 @@ class GeometryModel(nn.Module):
             patch_embed_depth=c.patch_embed_depth,
             patch_embed_heads=c.patch_embed_heads,
             rope_freq=c.rope_freq,
+            mask_from_layer=c.mask_from_layer,
+            mask_layers=c.mask_layers,
+            mask_alpha=c.mask_alpha,
         )
         dim = 2 * c.embed_dim
         self.camera_head = CameraHead(dim, trunk_depth=c.camera_trunk_depth, num_heads=c.num_heads,
@@ -107,10 +135,26 @@ class GeometryModel(nn.Module):
         dpt = dict(patch_size=c.patch_size, features=c.dpt_features, out_channels=c.dpt_out_channels, layers=c.dpt_layers)
         self.depth_head = DPTHead(dim, output_dim=2, activation="exp", **dpt)
         self.point_head = DPTHead(dim, output_dim=4, activation="inv_log", **dpt)
+        if c.dynamic_mask:  # made last, so a seed gives the same other weights with and without it
+            self.aggregator.spatial_mask_head = DynamicMaskHead(c.embed_dim, c.mask_hidden)
 
     @property
     def patch_start(self) -> int:
         return self.aggregator.patch_start_idx
+
+
+def mask_hidden_for(embed_dim: int) -> int:
+    """Hidden width of the mask head: PAGE-4D's 256 at full width, the token width below it."""
+    return 256 if embed_dim >= 1024 else max(8, embed_dim)
+
+
+def mask_layers_for(depth: int) -> dict:
+    """PAGE-4D's mask source layer (9) and biased layers (10-19) at `depth` layers."""
+    if depth == 24:
+        return {"mask_from_layer": 9, "mask_layers": tuple(range(10, 20))}
+    source = min(max(depth - 2, 0), (9 * (depth - 1)) // 23)
+    last = max(source + 1, min(depth - 1, round(19 * (depth - 1) / 23)))
+    return {"mask_from_layer": source, "mask_layers": tuple(range(source + 1, last + 1))}
 
 
 def random_model(config: GeometryConfig, seed: int) -> GeometryModel:
@@ -153,9 +197,9 @@ def load_weights(model: GeometryModel, state: dict[str, torch.Tensor], *, source
             parts.append(f"missing {len(missing)} key(s): {_summarise(missing)}")
         if unexpected:
             hint = ""
-            if any(k.startswith("aggregator.spatial_mask_head.") for k in unexpected):
-                hint = (" [PAGE-4D's mask head is not implemented; its 'nomask' checkpoint runs without it at "
-                        "inference: pass --ignore-keys aggregator.spatial_mask_head. to load the rest]")
+            if any(k.startswith(MASK_PREFIX) for k in unexpected):
+                hint = (" [a PAGE-4D mask head: set `geometry.backbone: page4d` and `geometry.page4d_mask: true` "
+                        f"to use it, or list {MASK_PREFIX} in `geometry.ignore_keys` to run without it]")
             parts.append(f"unexpected {len(unexpected)} key(s): {_summarise(unexpected)}{hint}")
         if wrong:
             parts.append(f"{len(wrong)} shape mismatch(es): {_summarise(wrong, 4)}")
@@ -228,6 +272,9 @@ def config_from_state(state: dict[str, torch.Tensor], dpt_layers=None, *, source
         kw["dpt_out_channels"] = tuple(state[f"depth_head.projects.{i}.weight"].shape[0] for i in range(4))
         kw["dpt_features"] = state["depth_head.scratch.layer1_rn.weight"].shape[0]
         kw["mlp_ratio"] = state["aggregator.frame_blocks.0.mlp.fc1.weight"].shape[0] / embed
+        kw.update(mask_layers_for(depth), mask_hidden=mask_hidden_for(embed))
+        if f"{MASK_PREFIX}head0.2.weight" in state:
+            kw.update(dynamic_mask=True, mask_hidden=state[f"{MASK_PREFIX}head0.2.weight"].shape[0])
     except (KeyError, ValueError, IndexError) as exc:
         raise UserError(f"checkpoint {source} (config key `{config_key}`) does not have the StreamVGGT/VGGT key "
                         f"layout: a tensor has an unexpected shape or a key is missing ({exc.__class__.__name__}: {exc})") from None

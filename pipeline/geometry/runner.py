@@ -8,6 +8,9 @@
 - `offline` (VGGT): every frame attends to every other frame, in one pass; no window.
 
 The aggregator runs under bf16 autocast when asked; the heads always run in fp32, as upstream.
+For long streams two training-free savings are optional: `cache_dtype="bfloat16"` stores the
+key/value cache in bf16 whatever the compute precision, and `merge_ratio` (stream mode) merges
+that share of each cached frame's patch tokens into similar ones (`layers.merge_frames`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.geometry.heads import pose_encoding_to_cameras
-from pipeline.geometry.layers import TimeMask
+from pipeline.geometry.layers import MAX_MERGE_RATIO, TimeMask
 from pipeline.geometry.model import GeometryModel
 
 MODES = ("stream", "batch", "offline")
@@ -41,6 +44,8 @@ class FrameOutput:
     depth: torch.Tensor  # [H, W]
     depth_conf: torch.Tensor  # [H, W]
     world_points: torch.Tensor | None = None  # [H, W, 3] when asked for
+    world_points_conf: torch.Tensor | None = None  # [H, W]
+    dynamic_mask: torch.Tensor | None = None  # [h, w], PAGE-4D models only
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -80,6 +85,8 @@ def run_geometry(
     dtype: str = "float32",
     keep_layers=None,
     points: bool = False,
+    cache_dtype: str | None = None,
+    merge_ratio: float = 0.0,
 ) -> Iterator[FrameOutput]:
     """Yield one FrameOutput per input frame, in order, as soon as its chunk is done."""
     if mode not in MODES:
@@ -90,6 +97,12 @@ def run_geometry(
         raise UserError(f"cache window must be at least 1 frame (or None for unbounded), got {cache_window}")
     if chunk_size is not None and chunk_size < 1:
         raise UserError(f"chunk size must be at least 1 frame, got {chunk_size}")
+    if cache_dtype is not None and cache_dtype not in DTYPES:
+        raise UserError(f"unknown cache dtype {cache_dtype!r}; expected one of {', '.join(DTYPES)}")
+    if not 0 <= merge_ratio <= MAX_MERGE_RATIO:
+        raise UserError(f"token merge ratio must be in [0, {MAX_MERGE_RATIO}], got {merge_ratio}")
+    if merge_ratio and mode != "stream":
+        raise UserError(f"token merging works on the cache of `stream` mode, not {mode!r} (`geometry.merge_ratio`)")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
@@ -107,7 +120,8 @@ def run_geometry(
     else:
         mask = TimeMask(causal=True, window=cache_window)
         size = 1 if mode == "stream" else chunk_size
-        agg_cache = model.aggregator.new_cache(cache_window)
+        agg_cache = model.aggregator.new_cache(cache_window, dtype=cache_dtype and DTYPES[cache_dtype],
+                                               merge_ratio=merge_ratio)
         cam_cache = model.camera_head.new_cache(cache_window)
 
     index = 0
@@ -115,12 +129,12 @@ def run_geometry(
         images = torch.stack([_as_tensor(f) for f in chunk]).unsqueeze(0).to(device)  # [1, S, 3, H, W]
         H, W = images.shape[-2:]
         with _autocast(device, amp):
-            tokens = model.aggregator(images, keep_layers=needed, mask=mask, cache=agg_cache)
-        tokens = {k: v.float() for k, v in tokens.items()}
+            agg = model.aggregator(images, keep_layers=needed, mask=mask, cache=agg_cache)
+        tokens = {k: v.float() for k, v in agg.layers.items()}
         with torch.autocast(device_type=device.type, enabled=False):
             poses = model.camera_head(tokens[last][:, :, 0], mask=mask, cache=cam_cache)[-1]
             depth, depth_conf = model.depth_head(tokens, (H, W), model.patch_start)
-            world = model.point_head(tokens, (H, W), model.patch_start)[0] if points else None
+            world, world_conf = model.point_head(tokens, (H, W), model.patch_start) if points else (None, None)
             extr, intr = pose_encoding_to_cameras(poses, (H, W))
         for s in range(images.shape[1]):
             yield FrameOutput(
@@ -133,5 +147,7 @@ def run_geometry(
                 depth=depth[0, s, ..., 0].cpu(),
                 depth_conf=depth_conf[0, s].cpu(),
                 world_points=None if world is None else world[0, s].cpu(),
+                world_points_conf=None if world is None else world_conf[0, s].cpu(),
+                dynamic_mask=None if agg.dynamic_mask is None else agg.dynamic_mask[0, s].float().cpu(),
             )
             index += 1

@@ -1,13 +1,19 @@
-"""Per-frame geometry tokens, depth and cameras with StreamVGGT / VGGT -> tokens.zarr + geometry.zarr.
+"""Per-frame geometry tokens, depth and cameras with StreamVGGT / VGGT / PAGE-4D -> tokens.zarr + geometry.zarr.
 
-Weights come from a safetensors checkpoint (the official StreamVGGT `checkpoints.pth` or VGGT-1B
-`model.pt`, converted once with `python -m pipeline convert-checkpoint`), or, for the demo
-only, from `--random-init SEED` with an explicit small architecture; provenance says which.
-A checkpoint that is configured but missing is an error, never a reason to fall back.
+Weights come from a safetensors checkpoint (the official StreamVGGT `checkpoints.pth`, VGGT-1B
+`model.pt` or a PAGE-4D checkpoint, converted once with `python -m pipeline convert-checkpoint`),
+or, for the demo only, from `--random-init SEED` with an explicit small architecture; provenance
+says which. A checkpoint that is configured but missing is an error, never a reason to fall back.
 
 Modes: `stream` (StreamVGGT, causal, one frame at a time, key/value cache of at most
 `--cache-window` earlier frames), `batch` (the same result, `--chunk-size` frames per pass),
-`offline` (VGGT, bidirectional over all frames).
+`offline` (VGGT and PAGE-4D as released: bidirectional over all frames).
+
+`--backbone page4d --page4d-mask` runs PAGE-4D's dynamic-mask variant (its mask head must be in
+the checkpoint) and writes the per-patch mask to geometry.zarr; PAGE-4D's "nomask" checkpoint
+runs as plain VGGT with `--ignore-keys aggregator.spatial_mask_head.` (config `geometry.ignore_keys`).
+`--points` adds the point head's world points. `--token-dtype int8|int4` stores the tokens
+quantised (`pipeline.tokenstore`).
 
 examples:
   python -m pipeline geometry --frames results/hypernerf/americano/frames.zarr \\
@@ -19,10 +25,10 @@ examples:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline import store
@@ -30,15 +36,43 @@ from pipeline.checkpoints import load_state_dict
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 from pipeline.geometry.inputs import open_frames, plan_transform
-from pipeline.geometry.model import GeometryConfig, GeometryModel, config_from_state, load_weights, random_model
+from pipeline.geometry.model import (MASK_PREFIX, GeometryConfig, GeometryModel, config_from_state, load_weights,
+                                     random_model)
 from pipeline.geometry.runner import DTYPES, MODES, run_geometry
+from pipeline.tokenstore import TOKEN_DTYPES, TokenCodec
 
 CONFIG_KEY = "geometry.checkpoint"
+BACKBONES = ("streamvggt", "vggt", "page4d")
+
+
+def _check_mask_keys(state, *, backbone: str, page4d_mask: bool, ignore_keys, source: str, config_key: str) -> None:
+    """A checkpoint's PAGE-4D mask head must be asked for, or explicitly ignored; never skipped silently."""
+    mask_keys = sorted(k for k in state if k.startswith(MASK_PREFIX))
+    ignored = [k for k in mask_keys if any(k.startswith(p) for p in ignore_keys)]
+    if page4d_mask:
+        if not mask_keys:
+            raise UserError(f"`geometry.page4d_mask: true` needs PAGE-4D's mask head, but checkpoint {source} "
+                            f"(`{config_key}`) has no {MASK_PREFIX}head0.* keys (expected {MASK_PREFIX}head0.0.weight ...)")
+        if ignored:
+            raise UserError(f"`geometry.ignore_keys` drops {ignored[0]}, which `geometry.page4d_mask: true` needs")
+        return
+    kept = [k for k in mask_keys if k not in ignored]
+    if kept:
+        fix = ("set `geometry.page4d_mask: true` to run the mask variant" if backbone == "page4d"
+               else "set `geometry.backbone: page4d` and `geometry.page4d_mask: true` to run the mask variant")
+        raise UserError(f"checkpoint {source} (`{config_key}`) has PAGE-4D mask-head key {kept[0]} but "
+                        f"`geometry.page4d_mask` is false: {fix}, or list {MASK_PREFIX} in `geometry.ignore_keys` "
+                        "to run without it (PAGE-4D's 'nomask' checkpoint)")
 
 
 def build_model(*, checkpoint=None, random_init: int | None = None, architecture: dict | None = None,
-                layers=None, ignore_keys=(), config_key: str = CONFIG_KEY):
+                layers=None, ignore_keys=(), config_key: str = CONFIG_KEY, backbone: str = "streamvggt",
+                page4d_mask: bool = False):
     """(model, weights record) from a safetensors checkpoint or from seeded random weights."""
+    if backbone not in BACKBONES:
+        raise UserError(f"unknown backbone {backbone!r} (`geometry.backbone`); expected one of {', '.join(BACKBONES)}")
+    if page4d_mask and backbone != "page4d":
+        raise UserError(f"`geometry.page4d_mask: true` needs `geometry.backbone: page4d`, not {backbone!r}")
     if random_init is not None:
         if checkpoint:
             raise UserError(f"give either a checkpoint (`{config_key}`) or --random-init, not both")
@@ -50,13 +84,16 @@ def build_model(*, checkpoint=None, random_init: int | None = None, architecture
         dpt = tuple(layers) if layers is not None and len(layers) == 4 else None
         config = GeometryConfig.small(embed_dim=int(arch["embed_dim"]), depth=int(arch["depth"]),
                                       num_heads=int(arch["num_heads"]), patch_embed=arch.get("patch_embed") or "conv",
-                                      dpt_layers=dpt)
+                                      dpt_layers=dpt, dynamic_mask=page4d_mask)
         config.validate()
         return random_model(config, random_init), {"kind": "random", "seed": int(random_init)}
     if architecture and any(v is not None for v in architecture.values()):
         raise UserError("architecture options are only for --random-init; a checkpoint carries its own")
-    state = load_state_dict(checkpoint, config_key=config_key, what="StreamVGGT/VGGT")
-    config = config_from_state(state, source=str(checkpoint), config_key=config_key)
+    state = load_state_dict(checkpoint, config_key=config_key, what="StreamVGGT/VGGT/PAGE-4D")
+    _check_mask_keys(state, backbone=backbone, page4d_mask=page4d_mask, ignore_keys=tuple(ignore_keys),
+                     source=str(checkpoint), config_key=config_key)
+    config = dataclasses.replace(config_from_state(state, source=str(checkpoint), config_key=config_key),
+                                 dynamic_mask=page4d_mask)
     config.validate()
     with torch.device("meta"):
         model = GeometryModel(config)
@@ -79,6 +116,12 @@ def compute_geometry(
     max_size: int = 518,
     layers=None,
     ignore_keys=(),
+    backbone: str = "streamvggt",
+    page4d_mask: bool = False,
+    points: bool = False,
+    token_dtype: str = "float16",
+    cache_dtype: str | None = None,
+    merge_ratio: float = 0.0,
     config_key: str = CONFIG_KEY,
     progress: bool = False,
 ) -> dict:
@@ -87,9 +130,13 @@ def compute_geometry(
         raise UserError(f"unknown geometry mode {mode!r}; expected one of {', '.join(MODES)}")
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    if token_dtype not in TOKEN_DTYPES:
+        raise UserError(f"unknown token dtype {token_dtype!r} (`geometry.token_dtype`); expected one of "
+                        f"{', '.join(TOKEN_DTYPES)}")
     source = open_frames(frames)
     model, weights = build_model(checkpoint=checkpoint, random_init=random_init, architecture=architecture,
-                                 layers=layers, ignore_keys=ignore_keys, config_key=config_key)
+                                 layers=layers, ignore_keys=ignore_keys, config_key=config_key, backbone=backbone,
+                                 page4d_mask=page4d_mask)
     cfg = model.config
     layers = list(cfg.dpt_layers if layers is None else layers)
     if any(not 0 <= i < cfg.depth for i in layers) or len(set(layers)) != len(layers):
@@ -102,8 +149,10 @@ def compute_geometry(
     dev = torch.device(resolve_device(device))
     model = model.to(dev).eval()
 
+    codec = TokenCodec.for_dtype(token_dtype, 2 * cfg.embed_dim)
     params = {"mode": mode, "cache_window": window, "chunk_size": chunk_size if mode == "batch" else None,
-              "dtype": dtype, "max_size": max_size, "layers": layers}
+              "dtype": dtype, "max_size": max_size, "layers": layers, "backbone": backbone, "page4d_mask": page4d_mask,
+              "points": points, "token_dtype": token_dtype, "cache_dtype": cache_dtype, "merge_ratio": merge_ratio}
     prov = store.provenance(
         "geometry", params, {"frames": source.path},
         checkpoints={"geometry": checkpoint} if weights["kind"] == "checkpoint" else None,
@@ -117,6 +166,9 @@ def compute_geometry(
         "mode": mode,
         "cache_window": window,
         "dtype": dtype,
+        "backbone": backbone,
+        "token_dtype": token_dtype,
+        "token_codec": codec.to_attrs(),
         "transform": transform.to_dict(),
         "frame_names": source.frame_names,
         "source_indices": source.source_indices,
@@ -129,13 +181,12 @@ def compute_geometry(
     out_dir = Path(out_dir)
     C2 = 2 * cfg.embed_dim
     start = time.perf_counter()
-    overflow = 0
     with contextlib.ExitStack() as stack:
         tok_path = stack.enter_context(store.atomic_path(out_dir / "tokens.zarr"))
         geo_path = stack.enter_context(store.atomic_path(out_dir / "geometry.zarr"))
         tokens = store.create_group(tok_path)
         geometry = store.create_group(geo_path)
-        tok_arrays = {i: store.frame_array(tokens, f"layer_{i:02d}", (T, h, w, C2), "float16") for i in layers}
+        tok_layers = {i: codec.create(tokens, i, T, h, w, C2) for i in layers}
         camera = store.frame_array(tokens, "camera", (T, C2), "float32")
         geo = {
             "depth": store.frame_array(geometry, "depth", (T, H, W), "float32"),
@@ -144,38 +195,49 @@ def compute_geometry(
             "extrinsics": store.frame_array(geometry, "extrinsics", (T, 3, 4), "float32"),
             "intrinsics": store.frame_array(geometry, "intrinsics", (T, 3, 3), "float32"),
         }
+        if points:
+            geo["world_points"] = store.frame_array(geometry, "world_points", (T, H, W, 3), "float32")
+            geo["world_points_conf"] = store.frame_array(geometry, "world_points_conf", (T, H, W), "float32")
+        if cfg.dynamic_mask:
+            geo["dynamic_mask"] = store.frame_array(geometry, "dynamic_mask", (T, h, w), "float32")
         outputs = run_geometry(model, source.frames(transform), mode=mode, cache_window=window,
                                chunk_size=chunk_size if mode == "batch" else None, device=dev, dtype=dtype,
-                               keep_layers=layers)
+                               keep_layers=layers, points=points, cache_dtype=cache_dtype, merge_ratio=merge_ratio)
         if progress:
             from tqdm import tqdm
 
             outputs = tqdm(outputs, total=T, desc=f"geometry ({mode})", unit="frame")
         for out in outputs:
             t = out.index
-            for i, arr in tok_arrays.items():
-                patch = out.tokens[i][model.patch_start :].reshape(h, w, C2).numpy().astype(np.float16)
-                overflow += int(np.count_nonzero(~np.isfinite(patch)))
-                arr[t] = patch
+            for i, layer in tok_layers.items():
+                layer[t] = out.tokens[i][model.patch_start :].reshape(h, w, C2).numpy()
             camera[t] = out.camera_token.numpy()
-            for name, value in (("depth", out.depth), ("depth_conf", out.depth_conf), ("pose_enc", out.pose_enc),
-                                ("extrinsics", out.extrinsics), ("intrinsics", out.intrinsics)):
-                geo[name][t] = value.numpy()
+            for name, arr in geo.items():
+                arr[t] = getattr(out, name).numpy()
         seconds = time.perf_counter() - start
+        overflow = sum(layer.overflow for layer in tok_layers.values())
         tokens.attrs.update({**attrs, "float16_overflow": overflow})
         geometry.attrs.update({
             "image_size": [H, W],
+            "grid": [h, w],
             "frame_names": source.frame_names,
             "source_indices": source.source_indices,
             "mode": mode,
             "cache_window": window,
+            "backbone": backbone,
             "transform": transform.to_dict(),
             "extrinsics": "OpenCV camera-from-world; world = camera of frame 0",
             "pose_enc": "translation(3), quaternion xyzw(4), field of view h, w (radians)",
             "provenance": prov,
         })
-    return {"frames": T, "image_size": [H, W], "grid": [h, w], "layers": layers, "mode": mode,
-            "seconds": round(seconds, 3), "float16_overflow": overflow, "weights": weights["kind"],
+        if points:
+            geometry.attrs["world_points"] = "x, y, z in the world frame (= camera of frame 0), from the point head"
+        if cfg.dynamic_mask:
+            geometry.attrs["dynamic_mask"] = ("PAGE-4D per-patch dynamic mask on the token grid, "
+                                              "sigmoid(logit) - 0.5 in (-0.5, 0.5), higher = more dynamic")
+    return {"frames": T, "image_size": [H, W], "grid": [h, w], "layers": layers, "mode": mode, "backbone": backbone,
+            "token_dtype": token_dtype, "seconds": round(seconds, 3), "float16_overflow": overflow,
+            "weights": weights["kind"],
             "tokens": str(out_dir / "tokens.zarr"), "geometry": str(out_dir / "geometry.zarr")}
 
 
@@ -202,8 +264,21 @@ def add_arguments(parser) -> None:
     run.add_argument("--max-size", type=int, default=518, help="longest side after resizing (default 518)")
     run.add_argument("--layers", type=int, nargs="+", default=None,
                      help="aggregator layers to store (default: the DPT layers, 4 11 17 23 at full size)")
-    run.add_argument("--ignore-keys", action="append", default=[], metavar="PREFIX",
-                     help="checkpoint key prefix to leave unloaded on purpose (track_head. always is)")
+    run.add_argument("--backbone", choices=BACKBONES, default="streamvggt",
+                     help="weights family; page4d allows --page4d-mask (run vggt/page4d with --mode offline as released)")
+    run.add_argument("--page4d-mask", action="store_true",
+                     help="PAGE-4D's dynamic-mask variant: the mask head (in the checkpoint) biases pose tokens; "
+                          "writes geometry.zarr/dynamic_mask")
+    run.add_argument("--ignore-keys", nargs="+", default=[], metavar="PREFIX",
+                     help="checkpoint key prefixes to leave unloaded on purpose (track_head. always is), "
+                          "e.g. aggregator.spatial_mask_head. for PAGE-4D's nomask checkpoint")
+    run.add_argument("--points", action="store_true", help="also run the point head: geometry.zarr/world_points")
+    run.add_argument("--token-dtype", choices=TOKEN_DTYPES, default="float16",
+                     help="tokens.zarr storage: float16, or int8 / int4 codes with per-group scales")
+    run.add_argument("--cache-dtype", choices=tuple(DTYPES), default=None,
+                     help="store the key/value cache in this precision (default: as computed)")
+    run.add_argument("--merge-ratio", type=float, default=0.0,
+                     help="stream mode: share of each cached frame's patch tokens merged into similar ones (0 = off)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -226,6 +301,12 @@ def run(args) -> None:
         max_size=args.max_size,
         layers=args.layers,
         ignore_keys=tuple(args.ignore_keys),
+        backbone=args.backbone,
+        page4d_mask=args.page4d_mask,
+        points=args.points,
+        token_dtype=args.token_dtype,
+        cache_dtype=args.cache_dtype,
+        merge_ratio=args.merge_ratio,
         progress=not args.no_progress,
     )
     print(json.dumps(summary))

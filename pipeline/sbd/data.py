@@ -24,14 +24,11 @@ import torch
 
 from pipeline import store
 from pipeline.errors import UserError
+from pipeline.tokenstore import open_layers
 
 LEVEL_ROWS = (1, 2, 3)  # masks / rows levels default, s, m, l -> s, m, l
 PLACEMENTS = ("resize", "crop")  # where the decoder output goes; see the module docstring
 LARGE_ROW = 3
-
-
-def layer_array_name(layer: int) -> str:
-    return f"layer_{int(layer):02d}"
 
 
 def crop_box_in_frame(transform: dict | None, frame_hw: Sequence[int]) -> tuple[int, int, int, int]:
@@ -78,7 +75,7 @@ class SceneSources:
 
 
 class TokenReader:
-    """Reads the four token layers of tokens.zarr one frame chunk at a time."""
+    """Reads the four token layers of tokens.zarr one frame chunk at a time (decoded by `pipeline.tokenstore`)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -88,9 +85,7 @@ class TokenReader:
         if not layers or len(layers) != 4:
             raise UserError(f"{self.path}: attrs `layers` must list the 4 token layers the decoder reads, got {layers!r}")
         self.layers = [int(k) for k in layers]
-        names = [layer_array_name(k) for k in self.layers]
-        store.require_arrays(group, sorted(set(names)), what=f"tokens.zarr {self.path}")
-        self.arrays = [group[n] for n in names]
+        self.arrays = open_layers(group, self.layers, what=f"tokens.zarr {self.path}")
         shape = self.arrays[0].shape
         if any(a.shape != shape for a in self.arrays) or len(shape) != 4:
             raise UserError(f"{self.path}: token layers must all be [T,h,w,C]; got {[a.shape for a in self.arrays]}")
@@ -106,15 +101,7 @@ class TokenReader:
 
     def read(self, frames: Sequence[int]) -> list[torch.Tensor]:
         """Four float16 tensors `[B, h, w, C]` for the given frame indices."""
-        frames = [int(t) for t in frames]
-        out = []
-        for arr in self.arrays:
-            if frames == list(range(frames[0], frames[0] + len(frames))):
-                block = arr[frames[0] : frames[0] + len(frames)]
-            else:
-                block = np.stack([arr[t] for t in frames])
-            out.append(torch.from_numpy(np.ascontiguousarray(block, dtype=np.float16)))
-        return out
+        return [torch.from_numpy(np.ascontiguousarray(arr.read(frames))) for arr in self.arrays]
 
     def crop_box(self) -> tuple[int, int, int, int]:
         return crop_box_in_frame(self.transform, self.frame_hw)
