@@ -489,3 +489,12 @@ def nerf_targets(scene):
 
 def nerf_metrics(wildcards):
     return [f"{scene_dir(scene)}/nerf/metrics.parquet" for scene in SCENES] if nerf_enabled() else []
+
+
+def nerf_strips(wildcards):
+    return [f"{scene_dir(scene)}/nerf/strip.png" for scene in SCENES] if nerf_enabled() else []
+
+
+def report_metrics(wildcards):
+    """The cross-scene report's tables: each evaluated scene's, and each scene's novel-view metrics."""
+    return evaluated_metrics(wildcards) + nerf_metrics(wildcards)
