@@ -318,15 +318,13 @@ def _pred_depth_on_gt(pred: np.ndarray, gt_shape, transform: dict | None) -> tup
     """The prediction resampled onto the GT pixels it covers: (pred window, GT window slices)."""
     import cv2
 
+    from pipeline.geometry.inputs import crop_box_in_frame
+
     gh, gw = gt_shape
     win = (slice(0, gh), slice(0, gw))
     if transform and transform.get("crop"):
-        top, left, ch, cw = (int(v) for v in transform["crop"])
-        rh, rw = transform.get("resize_to") or transform.get("source_size") or (gh, gw)
-        sy, sx = gh / float(rh), gw / float(rw)
-        y0, y1 = int(round(top * sy)), int(round((top + ch) * sy))
-        x0, x1 = int(round(left * sx)), int(round((left + cw) * sx))
-        win = (slice(max(0, y0), min(gh, y1)), slice(max(0, x0), min(gw, x1)))
+        top, left, ch, cw = crop_box_in_frame(transform, gt_shape)
+        win = (slice(max(0, top), min(gh, top + ch)), slice(max(0, left), min(gw, left + cw)))
     h = win[0].stop - win[0].start
     w = win[1].stop - win[1].start
     if pred.shape != (h, w):

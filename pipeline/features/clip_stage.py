@@ -152,7 +152,7 @@ def _open_clip_features(frames, masks, space, *, batch_size, device, exclusive_b
     return features, assignments, {"masks_encoded": count, "masks_skipped": skipped, "crop_size": size}
 
 
-def _gt_text_features(masks, levels, space, *, scene, objects_table, progress):
+def _gt_text_features(masks, levels, space, *, scene, objects_table):
     from pipeline.features.inputs import match_masks_to_gt
     from pipeline.features.text import encode_texts
 
@@ -227,7 +227,7 @@ def clip_features(
             inputs["scene"] = scene_path
         if table is not None:
             inputs["objects"] = objects_path
-        features, assignments, info = _gt_text_features(masks, levels, space, scene=scene, objects_table=table, progress=progress)
+        features, assignments, info = _gt_text_features(masks, levels, space, scene=scene, objects_table=table)
     seconds = time.perf_counter() - start
     rows = rows_from_assignments(assignments, num_levels=masks.shape[0], num_frames=masks.shape[1])
     params = {"backend": backend, "model": model if backend == "open_clip" else None, "exclusive_bbox": exclusive_bbox}

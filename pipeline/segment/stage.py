@@ -181,8 +181,6 @@ def _run_sam2(
     from tqdm import tqdm
 
     from pipeline.segment.generator import MultiLevelMaskGenerator
-    import torch
-
     from pipeline.devices import resolve_device
     from pipeline.segment.sam2_model import build_sam2_tracker
     from pipeline.segment.tracker import track
