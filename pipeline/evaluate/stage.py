@@ -486,6 +486,8 @@ def summary_lines(table) -> list[str]:
 
 
 def add_arguments(parser) -> None:
+    from pipeline.defaults import schema_default
+
     parser.add_argument("--render", required=True, help="render.zarr of the scene")
     parser.add_argument("--scene", required=True, help="scene folder holding annotations/ (upstream layout)")
     parser.add_argument("--autoencoder", help="CLIP-slot autoencoder (.safetensors, 4DLangSplat key layout)")
@@ -496,8 +498,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scene-json", help="scene.json of the frames stage (GT depth paths and cameras)")
     parser.add_argument("--dataset", help="dataset name in the table (default: scene.json, else the scene's parent folder)")
     parser.add_argument("--scene-name", help="scene name in the table (default: scene.json, else the folder name)")
-    parser.add_argument("--figure-frames", type=int, default=3, help="frames per query in the overlay figures")
-    parser.add_argument("--device", default="cpu", help="torch device for decoding latents (cpu, auto, cuda)")
+    parser.add_argument("--figure-frames", type=int, default=schema_default("evaluate.figure_frames"), help="frames per query in the overlay figures")
+    parser.add_argument("--device", default=schema_default("evaluate.device"), help="torch device for decoding latents (cpu, auto, cuda)")
     parser.add_argument("--out", required=True, help="output folder: metrics.parquet + figures/")
     add_protocol_arguments(parser)
 
