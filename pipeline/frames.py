@@ -182,20 +182,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    record = extract_frames(
-        args.kind,
-        args.source,
-        args.out,
-        args.scene_json,
-        scene=args.scene,
-        dataset=args.dataset,
-        stride=args.stride,
-        max_frames=args.max_frames,
-        max_size=args.max_size,
-        camera=args.camera,
-        resolution=args.resolution,
-        fps=args.fps,
-        allow_truncated=args.allow_truncated,
-        progress=not args.no_progress,
-    )
-    print(f"{record['num_frames']} frames of {record['width']}x{record['height']} -> {Path(args.out)}")
+    from pipeline.cli import run_stage
+
+    run_stage(extract_frames, args, names={"path": "source", "out_zarr": "out"},
+              summary=lambda r: f"{r['num_frames']} frames of {r['width']}x{r['height']} -> {Path(args.out)}")

@@ -177,8 +177,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    summary = query(args.scene, args.text, render=args.render, autoencoder=args.autoencoder,
-                    query_embeddings=args.query_embeddings, out=args.out, level=args.level,
-                    protocol=Protocol(negatives=tuple(args.negatives)))
-    summary.pop("chosen_level")
-    print(json.dumps(summary))
+    from pipeline.cli import run_stage
+
+    run_stage(query, args, values={"protocol": Protocol(negatives=tuple(args.negatives))},
+              summary=lambda s: json.dumps({k: v for k, v in s.items() if k != "chosen_level"}))

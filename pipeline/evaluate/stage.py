@@ -505,13 +505,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
+    from pipeline.cli import run_stage
+
     if not args.autoencoder:
         raise UserError("--autoencoder is required (config key `evaluate.autoencoder`)")
-    table = evaluate(
-        args.render, args.scene, args.out, autoencoder=args.autoencoder, video_autoencoder=args.video_autoencoder,
-        query_embeddings=args.query_embeddings, geometry=args.geometry, scene_json=args.scene_json,
-        protocol=protocol_from_args(args), dataset=args.dataset, scene=args.scene_name,
-        figure_frames=args.figure_frames, device=args.device,
-    )
-    for line in summary_lines(table):
-        print(line)
+    run_stage(evaluate, args, names={"scene_dir": "scene", "scene": "scene_name"}, values={"protocol": protocol_from_args(args)},
+              summary=lambda table: "\n".join(summary_lines(table)))

@@ -183,29 +183,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    from pipeline.features.text import set_threads
+    from pipeline.cli import run_stage
 
-    set_threads(args.threads)
     defaults = kind_defaults(args.kind)
-
-    def pick(name):
-        value = getattr(args, name)
-        return defaults[name] if value is None else value
-
-    summary = train_autoencoder(
-        args.features,
-        args.out,
-        encoder_dims=pick("encoder_dims"),
-        decoder_dims=pick("decoder_dims"),
-        lr=pick("lr"),
-        epochs=pick("epochs"),
-        cos_weight=pick("cos_weight"),
-        batch_size=pick("batch_size"),
-        seed=pick("seed"),
-        device=pick("device"),
-        upstream_cos_axis=args.upstream_cos_axis,
-        config_key=f"autoencoder.{args.kind}",
-        progress=not args.no_progress,
-    )
-    summary.pop("history")
-    print(json.dumps(summary))
+    chosen = {name: defaults[name] if getattr(args, name) is None else getattr(args, name)
+              for name in ("encoder_dims", "decoder_dims", "lr", "epochs", "cos_weight", "batch_size", "seed", "device")}
+    run_stage(train_autoencoder, args, names={"features_paths": "features", "out_path": "out"},
+              values={**chosen, "config_key": f"autoencoder.{args.kind}"},
+              summary=lambda s: json.dumps({k: v for k, v in s.items() if k != "history"}))

@@ -16,6 +16,7 @@ space so that evaluation encodes its queries with the same encoder.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -266,24 +267,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    from pipeline.features.text import set_threads
+    from pipeline.cli import run_stage
+    from pipeline.features.inputs import FEATURE_OPTIONS
 
-    set_threads(args.threads)
-    import json
-
-    summary = clip_features(
-        args.frames,
-        args.masks,
-        args.out,
-        backend=args.backend,
-        model=args.model,
-        checkpoint=args.checkpoint,
-        scene_path=args.scene,
-        objects_path=args.objects,
-        embedder=args.embedder,
-        batch_size=args.batch_size,
-        device=args.device,
-        exclusive_bbox=args.exclusive_bbox,
-        progress=not args.no_progress,
-    )
-    print(json.dumps({k: v for k, v in summary.items() if k != "space"} | {"space": summary["space"]["name"]}))
+    run_stage(clip_features, args, names=FEATURE_OPTIONS,
+              summary=lambda s: json.dumps({k: v for k, v in s.items() if k != "space"} | {"space": s["space"]["name"]}))

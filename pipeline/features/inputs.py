@@ -22,6 +22,9 @@ from pipeline.store import open_group, require_arrays
 from pipeline.features.artifacts import LEVELS
 
 BACKGROUND_NAME = "background"  # text for a mask that overlaps no ground-truth region
+# stage parameter -> command-line option, where they differ (both feature stages)
+FEATURE_OPTIONS = {"frames_path": "frames", "masks_path": "masks", "out_path": "out", "scene_path": "scene",
+                   "objects_path": "objects"}
 
 
 def open_frames(path: str | os.PathLike):

@@ -197,24 +197,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    from pipeline.features.text import set_threads
+    from pipeline.cli import run_stage
+    from pipeline.features.inputs import FEATURE_OPTIONS
 
-    set_threads(args.threads)
-    summary = video_features(
-        args.frames,
-        args.masks,
-        args.out,
-        captioner=args.captioner,
-        embedder=args.embedder,
-        captions_path=args.captions,
-        scene_path=args.scene,
-        objects_path=args.objects,
-        vlm_path=args.vlm,
-        cache_dir=args.cache,
-        level=args.level,
-        min_frames=args.min_frames,
-        max_new_tokens=args.max_new_tokens,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    print(json.dumps(summary))
+    run_stage(video_features, args, names={**FEATURE_OPTIONS, "captions_path": "captions", "vlm_path": "vlm", "cache_dir": "cache"})

@@ -285,30 +285,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    import json
+    from pipeline.cli import run_stage
 
     architecture = {"embed_dim": args.embed_dim, "depth": args.depth, "num_heads": args.heads,
                     "patch_embed": args.patch_embed}
-    summary = compute_geometry(
-        args.frames,
-        args.out,
-        checkpoint=args.checkpoint,
-        random_init=args.random_init,
-        architecture=architecture,
-        mode=args.mode,
-        cache_window=None if args.cache_window == 0 else args.cache_window,
-        chunk_size=args.chunk_size,
-        device=args.device,
-        dtype=args.dtype,
-        max_size=args.max_size,
-        layers=args.layers,
-        ignore_keys=tuple(args.ignore_keys),
-        backbone=args.backbone,
-        page4d_mask=args.page4d_mask,
-        points=args.points,
-        token_dtype=args.token_dtype,
-        cache_dtype=args.cache_dtype,
-        merge_ratio=args.merge_ratio,
-        progress=not args.no_progress,
-    )
-    print(json.dumps(summary))
+    run_stage(compute_geometry, args, names={"out_dir": "out"},
+              values={"architecture": architecture, "cache_window": None if args.cache_window == 0 else args.cache_window,
+                      "ignore_keys": tuple(args.ignore_keys)})  # fmt: skip

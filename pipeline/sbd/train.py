@@ -543,45 +543,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings = TrainSettings(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        min_lr=args.min_lr,
-        warmup_epochs=args.warmup_epochs,
-        schedule=args.schedule,
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip,
-        features=args.features,
-        hidden_dim=args.hidden_dim,
-        out_channels=tuple(args.out_channels),
-        video_dim=args.video_dim,
-        video_hidden_dim=args.video_hidden_dim,
-        lambda_l1=args.lambda_l1,
-        lambda_cos=args.lambda_cos,
-        lambda_rgb=args.lambda_rgb,
-        rgb_loss=not args.no_rgb_loss,
-        lambda_video=args.lambda_video,
-        cos_over_width=args.cos_over_width,
-        balance_objects=args.balance_objects,
-        output_placement=args.output_placement,
-        seed=args.seed,
-        amp=not args.no_amp,
-    )
-    summary = train_sbd(
-        _scene_list(args),
-        args.out,
-        settings=settings,
-        log_path=args.log,
-        plot_path=args.plot,
-        checkpoint_dir=args.checkpoint_dir,
-        save_every=args.save_every,
-        keep_checkpoints=args.keep_checkpoints,
-        resume=not args.no_resume,
-        device=args.device,
-        num_workers=args.num_workers,
-        progress=not args.quiet,
-    )
-    print(json.dumps(summary))
+    from pipeline.cli import run_stage, stage_kwargs
+
+    settings = TrainSettings(**stage_kwargs(TrainSettings, args, values={
+        "out_channels": tuple(args.out_channels), "rgb_loss": not args.no_rgb_loss, "amp": not args.no_amp}))
+    run_stage(train_sbd, args, values={"scenes": _scene_list(args), "settings": settings, "log_path": args.log,
+                                       "plot_path": args.plot, "resume": not args.no_resume})

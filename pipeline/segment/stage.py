@@ -241,14 +241,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
+    from pipeline.cli import run_stage
+
     def pick(settings):
         return settings(**{f.name: getattr(args, f.name) for f in fields(settings)})
 
-    table = segment(
-        args.frames, args.scene_json, args.out, args.objects, args.contact_sheet,
-        backend=args.backend, model_config=args.model_config, checkpoint=args.checkpoint,
-        random_init=args.random_init, device=args.device, generator=pick(GeneratorSettings),
-        tracker=pick(TrackerSettings), sheet_columns=args.sheet_columns, progress=not args.no_progress,
-    )  # fmt: skip
-    counts = table.groupby("level", sort=False)["id"].count().reindex(LEVELS, fill_value=0)
-    print(json.dumps({"out": str(args.out), "objects_per_level": {k: int(v) for k, v in counts.items()}}))
+    def summary(table) -> str:
+        counts = table.groupby("level", sort=False)["id"].count().reindex(LEVELS, fill_value=0)
+        return json.dumps({"out": str(args.out), "objects_per_level": {k: int(v) for k, v in counts.items()}})
+
+    run_stage(segment, args, values={"generator": pick(GeneratorSettings), "tracker": pick(TrackerSettings)}, summary=summary)
