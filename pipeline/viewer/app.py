@@ -324,6 +324,8 @@ class Viewer:
                                       + (f" (every {stride}th pixel)" if stride > 1 else "")
                                       + (f", lowest {self.conf_drop:.0f}% confidence hidden" if self.conf_drop else ""))
             self.gui_status.content = line
+            if self.engine is not None and not self.text and not self.gui_play.value:
+                self.engine.prefetch(self.t)  # ready by the time a query is typed
 
     def _play_loop(self) -> None:
         while not self._stop.is_set():
@@ -377,6 +379,8 @@ class Viewer:
     def stop(self) -> None:
         self._stop.set()
         self._player.join(timeout=5)
+        if self.engine is not None:
+            self.engine.close()
         self.server.stop()
 
     def wait(self) -> None:

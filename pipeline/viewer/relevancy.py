@@ -2,11 +2,15 @@
 
 Decoding the latents (3 levels x H x W through the autoencoder's decoder) costs far more than
 scoring a text against the decoded features, so each frame's unit features are decoded once
-and kept in a cache bounded in bytes (float32, or float16 where one frame would exceed a
-quarter of the budget; the cosines with the canonical negatives are computed from the float32
-features before they are stored). A query is then one matrix product per level, followed by the
-evaluation's own `relevancy_from_cosines`, `masks_for_level` and `choose_level`. On a GPU the
-cache and the products stay on the device.
+and kept in a cache bounded in bytes (float32, or float16 where one frame's float32 features
+exceed the whole budget). With them the cache keeps the frame's cosine with its hardest
+canonical negative per pixel, computed from the float32 features: LERF relevancy is the
+minimum over the negatives of softmax(t * [pos, neg_j])[0], which is reached at the largest
+neg_j, so `relevancy_from_cosines` against that one negative gives the same value as against
+all of them. A query is then one matrix-vector product per level, followed by the evaluation's
+own `relevancy_from_cosines`, `masks_for_level` and `choose_level`. On a GPU the cache and the
+products stay on the device. `prefetch` decodes a frame in the background (the viewer asks for
+the frame it shows), so a query typed a moment later finds the features ready.
 
 Time-sensitive queries follow the evaluation's `video` variant (mean cosine of the decoded video
 features under the query's mask with its embedding, three-tap smoothing over the frames, the mean
@@ -68,7 +72,7 @@ class StateTrack:
 @dataclass
 class _Frame:
     features: list[torch.Tensor]  # per level [HW, D] unit features (cache dtype, device)
-    neg_cos: list[torch.Tensor]  # per level [HW, J] float32 cosines with the negatives
+    neg_cos: list[torch.Tensor]  # per level [HW, 1] float32 cosine with the hardest negative
     nbytes: int
 
 
@@ -91,6 +95,11 @@ class RelevancyEngine:
         self.e5_vectors = e5_vectors
         self.chunk = chunk
         self._frames: OrderedDict[int, _Frame] = OrderedDict()
+        self._inflight: dict[int, threading.Event] = {}
+        self._prefetch_want: int | None = None
+        self._prefetch_wake = threading.Event()
+        self._prefetcher: threading.Thread | None = None
+        self._closed = False
         self._texts: dict[str, torch.Tensor] = {}
         self._e5: dict[str, torch.Tensor] = {}
         self._tracks: dict[tuple[str, str], StateTrack] = {}
@@ -120,10 +129,10 @@ class RelevancyEngine:
         feats, negs, nbytes = [], [], 0
         for lat in self._latents(t):
             f = decode_unit(self.decoder, lat.to(self.device), chunk=self.chunk).to(self.device)
-            negs.append((f @ self.negatives.T).float())
+            negs.append((f @ self.negatives.T).float().max(dim=-1, keepdim=True).values)
             if self.dtype is None:
                 per_frame = 4 * f.numel() * len(self.names)
-                self.dtype = torch.float32 if per_frame * 4 <= self.cache_bytes else torch.float16
+                self.dtype = torch.float32 if per_frame <= self.cache_bytes else torch.float16
             f = f.to(self.dtype)
             feats.append(f)
             nbytes += f.numel() * f.element_size() + negs[-1].numel() * 4
@@ -133,16 +142,52 @@ class RelevancyEngine:
         """(decoded features of frame t, whether they were cached already)."""
         if not 0 <= t < self.T:
             raise UserError(f"frame {t} is outside the render's {self.T} frames")
-        with self._lock:
-            if t in self._frames:
-                self._frames.move_to_end(t)
-                return self._frames[t], True
-        fr = self._decode(t)
-        with self._lock:
-            self._frames[t] = fr
-            while len(self._frames) > 1 and sum(f.nbytes for f in self._frames.values()) > self.cache_bytes:
-                self._frames.popitem(last=False)
+        while True:
+            with self._lock:
+                if t in self._frames:
+                    self._frames.move_to_end(t)
+                    return self._frames[t], True
+                busy = self._inflight.get(t)
+                if busy is None:
+                    busy = self._inflight[t] = threading.Event()
+                    break
+            busy.wait()  # another thread is decoding this frame: take its result
+        try:
+            fr = self._decode(t)
+            with self._lock:
+                self._frames[t] = fr
+                while len(self._frames) > 1 and sum(f.nbytes for f in self._frames.values()) > self.cache_bytes:
+                    self._frames.popitem(last=False)
+        finally:
+            with self._lock:
+                self._inflight.pop(t).set()
         return fr, False
+
+    def prefetch(self, t: int) -> None:
+        """Decode frame t in the background (the latest request wins; one frame at a time)."""
+        with self._lock:
+            if self._closed or t in self._frames or t in self._inflight:
+                return
+            self._prefetch_want = t
+            if self._prefetcher is None:
+                self._prefetcher = threading.Thread(target=self._prefetch_loop, name="viewer-prefetch", daemon=True)
+                self._prefetcher.start()
+        self._prefetch_wake.set()
+
+    def _prefetch_loop(self) -> None:
+        while not self._closed:
+            self._prefetch_wake.wait()
+            self._prefetch_wake.clear()
+            with self._lock:
+                t, self._prefetch_want = self._prefetch_want, None
+            if t is not None and not self._closed:
+                self.frame_features(t)
+
+    def close(self) -> None:
+        self._closed = True
+        self._prefetch_wake.set()
+        if self._prefetcher is not None:
+            self._prefetcher.join(timeout=2)  # a decode under way finishes on its own (daemon thread)
 
     def cached_frames(self) -> list[int]:
         with self._lock:
@@ -256,9 +301,10 @@ def _video_autoencoder(scene_dir: Path) -> str | None:
 def engine_for_scene(scene_dir: str | Path, render, *, autoencoder: str | None = None,
                      video_autoencoder: str | None = None, query_embeddings: str | None = None,
                      protocol: Protocol = Protocol(), device: str = "cpu", cache_bytes: int = 4 << 30,
-                     log=_note) -> RelevancyEngine:
+                     text_vectors: Callable[[list[str]], TextVectors] | None = None, log=_note) -> RelevancyEngine:
     """An engine in the scene's language space: the autoencoder its latents were made with and the
-    encoder its space names (as `python -m pipeline query` resolves them), or precomputed vectors."""
+    encoder its space names (as `python -m pipeline query` resolves them), or precomputed vectors
+    (an npz, or a `text_vectors` callable)."""
     from pipeline.evaluate.encoders import load_decoder, require_same_space
     from pipeline.evaluate.query import _autoencoder_from_scene
 
@@ -280,7 +326,9 @@ def engine_for_scene(scene_dir: str | Path, render, *, autoencoder: str | None =
                                                        what="video autoencoder", device=device)
             require_same_space(video_space, vae_space, what="video_space", other=f"the space of {vae}", log=log)
             video_space = video_space or vae_space
-    if query_embeddings:
+    if text_vectors is not None:  # given vectors (benchmarks, notebooks)
+        clip_fn, e5_fn = text_vectors, None
+    elif query_embeddings:
         clip_npz, e5_npz = load_query_embeddings(query_embeddings)
         require_same_space(clip_space, clip_npz.space, what="clip_space", other=f"clip_space of {query_embeddings}", log=log)
         clip_fn = lambda texts: clip_npz  # noqa: E731  (only the npz's names can be asked)
