@@ -181,16 +181,25 @@ def test_confidence_slider_subsampling_count_boxes_and_save_view(scene):
         assert img is not None and img.std() > 10
     finally:
         v.stop()
-    pd.DataFrame({"id": [1, 2], "name": ["red ball", "blue cube"], "centre_x": [0.0, 1.0], "centre_y": [0.0, 0.5],
-                  "centre_z": [3.0, 4.0], "size_x": [0.2, 0.3], "size_y": [0.2, 0.3], "size_z": [0.2, 0.3],
-                  "frames": [[0, 1, 2], list(range(syn.T))]}).to_parquet(scene / "objects3d.parquet")
+    # objects3d.parquet as the scene3d stage writes it: a box over the video and one per visible frame
+    track = [[0.1 * t, 0.0, 3.0, 0.2, 0.2, 0.2] for t in range(3)]
+    nan = float("nan")
+    pd.DataFrame({"id": [1, 2, 3], "name": ["red ball", "blue cube", "object 3"], "center_x": [0.1, 1.0, nan],
+                  "center_y": [0.0, 0.5, nan], "center_z": [3.0, 4.0, nan], "size_x": [0.4, 0.3, nan],
+                  "size_y": [0.2, 0.3, nan], "size_z": [0.2, 0.3, nan],
+                  "frames_visible": [[0, 1, 2], list(range(syn.T)), []],
+                  "frame_boxes": [track, [[1.0, 0.5, 4.0, 0.3, 0.3, 0.3]] * syn.T, []]}).to_parquet(scene / "objects3d.parquet")
     small = SceneData(scene, max_points=1000)
     v = Viewer(small, _engine(scene, small.render), port=0, frame=5)
     try:
-        assert len(v.objects) == 2 and len(v._box_handles) == 2  # box + label of the one visible at frame 5
-        assert "every 2th pixel" in v.gui_count.content or "every 2" in v.gui_count.content
+        assert [o["id"] for o in v.objects] == [1, 2]  # the object without any box is left out
+        assert len(v._box_handles) == 2  # box + label of the cube: the ball is not visible on frame 5
+        assert "(one pixel in 2x2)" in v.gui_count.content
         v.show_frame(1)
         assert len(v._box_handles) == 4
+        np.testing.assert_allclose(v._box_handles[0].position, [0.1, 0.0, 3.0])  # the ball's box on frame 1
+        v.gui_boxes.value = False
+        assert v._box_handles == []
     finally:
         v.stop()
 

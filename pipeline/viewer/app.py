@@ -224,9 +224,12 @@ class Viewer:
             return
         palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
         for i, ob in enumerate(self.objects):
-            if ob["frames"] is not None and self.t not in ob["frames"]:
-                continue
-            centre, size = ob["per_frame"].get(self.t, (ob["centre"], ob["size"]))
+            if self.t in ob["per_frame"]:
+                centre, size = ob["per_frame"][self.t]  # where the object is on this frame (its track)
+            elif ob["centre"] is not None and (ob["frames"] is None or not ob["per_frame"]):
+                centre, size = ob["centre"], ob["size"]
+            else:
+                continue  # not visible on this frame
             col = palette[i % len(palette)]
             self._box_handles.append(self.server.scene.add_box(
                 f"/objects/{i}/box", color=col, dimensions=tuple(float(s) for s in size), wireframe=True,
@@ -321,7 +324,7 @@ class Viewer:
             stride = self.scene.stride_for(*self.scene.cameras[self.t].size) if self.scene.point_source != "gt" else \
                 self.scene.stride_for(self.scene.H, self.scene.W)
             self.gui_count.content = (f"showing {shown:,} of {cloud.total:,} points"
-                                      + (f" (every {stride}th pixel)" if stride > 1 else "")
+                                      + (f" (one pixel in {stride}x{stride})" if stride > 1 else "")
                                       + (f", lowest {self.conf_drop:.0f}% confidence hidden" if self.conf_drop else ""))
             self.gui_status.content = line
             if self.engine is not None and not self.text and not self.gui_play.value:
