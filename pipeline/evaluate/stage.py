@@ -318,15 +318,13 @@ def _pred_depth_on_gt(pred: np.ndarray, gt_shape, transform: dict | None) -> tup
     """The prediction resampled onto the GT pixels it covers: (pred window, GT window slices)."""
     import cv2
 
+    from pipeline.geometry.inputs import crop_box_in_frame
+
     gh, gw = gt_shape
     win = (slice(0, gh), slice(0, gw))
     if transform and transform.get("crop"):
-        top, left, ch, cw = (int(v) for v in transform["crop"])
-        rh, rw = transform.get("resize_to") or transform.get("source_size") or (gh, gw)
-        sy, sx = gh / float(rh), gw / float(rw)
-        y0, y1 = int(round(top * sy)), int(round((top + ch) * sy))
-        x0, x1 = int(round(left * sx)), int(round((left + cw) * sx))
-        win = (slice(max(0, y0), min(gh, y1)), slice(max(0, x0), min(gw, x1)))
+        top, left, ch, cw = crop_box_in_frame(transform, gt_shape)
+        win = (slice(max(0, top), min(gh, top + ch)), slice(max(0, left), min(gw, left + cw)))
     h = win[0].stop - win[0].start
     w = win[1].stop - win[1].start
     if pred.shape != (h, w):
@@ -488,6 +486,8 @@ def summary_lines(table) -> list[str]:
 
 
 def add_arguments(parser) -> None:
+    from pipeline.defaults import schema_default
+
     parser.add_argument("--render", required=True, help="render.zarr of the scene")
     parser.add_argument("--scene", required=True, help="scene folder holding annotations/ (upstream layout)")
     parser.add_argument("--autoencoder", help="CLIP-slot autoencoder (.safetensors, 4DLangSplat key layout)")
@@ -498,8 +498,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scene-json", help="scene.json of the frames stage (GT depth paths and cameras)")
     parser.add_argument("--dataset", help="dataset name in the table (default: scene.json, else the scene's parent folder)")
     parser.add_argument("--scene-name", help="scene name in the table (default: scene.json, else the folder name)")
-    parser.add_argument("--figure-frames", type=int, default=3, help="frames per query in the overlay figures")
-    parser.add_argument("--device", default="cpu", help="torch device for decoding latents (cpu, auto, cuda)")
+    parser.add_argument("--figure-frames", type=int, default=schema_default("evaluate.figure_frames"), help="frames per query in the overlay figures")
+    parser.add_argument("--device", default=schema_default("evaluate.device"), help="torch device for decoding latents (cpu, auto, cuda)")
     parser.add_argument("--out", required=True, help="output folder: metrics.parquet + figures/")
     add_protocol_arguments(parser)
 

@@ -25,7 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-LEVELS = ("s", "m", "l")
+from pipeline.levels import LANGUAGE_LEVELS as LEVELS  # noqa: F401  (also read from here)
+
 UPSTREAM_LAYERS = (4, 11, 17, 23)
 
 
