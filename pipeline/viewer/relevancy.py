@@ -287,17 +287,6 @@ def _existing(path: str | None, scene_dir: Path) -> str | None:
     return str(p)
 
 
-def _video_autoencoder(scene_dir: Path) -> str | None:
-    lat = scene_dir / "video_latents.zarr"
-    if lat.exists():
-        from pipeline.store import open_group
-
-        v = dict(open_group(lat, what="video latents").attrs).get("autoencoder")
-        if isinstance(v, dict) and v.get("path"):
-            return v["path"]
-    return None
-
-
 def engine_for_scene(scene_dir: str | Path, render, *, autoencoder: str | None = None,
                      video_autoencoder: str | None = None, query_embeddings: str | None = None,
                      protocol: Protocol = Protocol(), device: str = "cpu", cache_bytes: int = 4 << 30,
@@ -306,7 +295,7 @@ def engine_for_scene(scene_dir: str | Path, render, *, autoencoder: str | None =
     encoder its space names (as `python -m pipeline query` resolves them), or precomputed vectors
     (an npz, or a `text_vectors` callable)."""
     from pipeline.evaluate.encoders import load_decoder, require_same_space
-    from pipeline.evaluate.query import _autoencoder_from_scene
+    from pipeline.evaluate.query import _autoencoder_from_scene, latents_autoencoder
 
     scene_dir = Path(scene_dir)
     attrs = dict(render.attrs)
@@ -320,7 +309,7 @@ def engine_for_scene(scene_dir: str | Path, render, *, autoencoder: str | None =
     clip_space = clip_space or ae_space
     video_decoder = None
     if "video" in render:
-        vae = video_autoencoder or _existing(_video_autoencoder(scene_dir), scene_dir)
+        vae = video_autoencoder or _existing(latents_autoencoder(scene_dir, "video"), scene_dir)
         if vae and Path(vae).is_file():
             video_decoder, vae_space, _ = load_decoder(vae, config_key="evaluate.video_autoencoder",
                                                        what="video autoencoder", device=device)
