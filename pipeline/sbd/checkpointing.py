@@ -46,7 +46,10 @@ def _checkpoint_path(directory: Path, epoch: int) -> Path:
     return directory / f"epoch_{epoch:04d}.safetensors"
 
 
-def save_train_state(path: Path, *, model, optimizer, scaler, epoch: int, step: int, seconds: float, log_rows, fingerprint: str) -> None:
+def save_train_state(path: Path, *, model, optimizer, scaler, epoch: int, step: int, seconds: float, log_rows, fingerprint: str,
+                     log_columns: Sequence[str] = LOG_COLUMNS, format: str = CHECKPOINT_FORMAT) -> None:
+    """A resumable training state (weights, optimizer, RNG, the log so far); `format` and `log_columns`
+    let another trainer keep its own checkpoints with the same helpers."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -57,22 +60,22 @@ def save_train_state(path: Path, *, model, optimizer, scaler, epoch: int, step: 
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    tensors["log"] = torch.tensor(np.asarray(log_rows, dtype=np.float64).reshape(-1, len(LOG_COLUMNS)))
+    tensors["log"] = torch.tensor(np.asarray(log_rows, dtype=np.float64).reshape(-1, len(log_columns)))
     meta = {
-        "format": CHECKPOINT_FORMAT,
+        "format": format,
         "fingerprint": fingerprint,
         "epoch": str(epoch),
         "step": str(step),
         "seconds": repr(float(seconds)),
         "param_groups": json.dumps(opt["param_groups"]),
         "scaler": json.dumps(scaler.state_dict() if scaler is not None and scaler.is_enabled() else {}),
-        "log_columns": json.dumps(list(LOG_COLUMNS)),
+        "log_columns": json.dumps(list(log_columns)),
     }
     with store.atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def find_resume_point(directory: Path, fingerprint: str) -> Path | None:
+def find_resume_point(directory: Path, fingerprint: str, format: str = CHECKPOINT_FORMAT) -> Path | None:
     """Newest checkpoint in `directory` written by a run with the same fingerprint (settings, inputs, code)."""
     from pipeline.checkpoints import checkpoint_metadata
 
@@ -83,7 +86,7 @@ def find_resume_point(directory: Path, fingerprint: str) -> Path | None:
             meta = checkpoint_metadata(path)
         except Exception:
             continue
-        if meta.get("format") == CHECKPOINT_FORMAT and meta.get("fingerprint") == fingerprint:
+        if meta.get("format") == format and meta.get("fingerprint") == fingerprint:
             return path
     return None
 
@@ -121,21 +124,22 @@ def save_decoder(path: str | Path, model: SemanticBridgingDecoder, metadata: dic
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def plot_losses(log, path: str | Path) -> None:
+def plot_losses(log, path: str | Path, *, columns: Sequence[str] = LOSS_COLUMNS,
+                title: str = "Semantic Bridging Decoder training") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for col in LOSS_COLUMNS:
+    for col in columns:
         values = log[col].to_numpy(dtype=float)
         if np.isfinite(values).any() and np.nanmax(np.abs(values)) > 0:
             ax.plot(log["step"], values, label=col, lw=1.0 if col != "loss" else 2.0)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title("Semantic Bridging Decoder training")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
