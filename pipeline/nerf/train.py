@@ -35,7 +35,7 @@ from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 from pipeline.nerf.data import CAMERA_CHOICES, SceneData, SceneSources
 from pipeline.nerf.model import COLOUR_HEADS, GeneralizableNerf, NerfConfig, camera_rays, pixel_grid, psnr_from_mse
-from pipeline.sbd.train import find_resume_point, load_train_state, plot_losses, save_decoder, save_train_state
+from pipeline.sbd.checkpointing import find_resume_point, load_train_state, plot_losses, save_decoder, save_train_state
 
 CHECKPOINT_FORMAT = "langfield4d-nerf-train-state/1"
 WEIGHTS_FORMAT = "langfield4d-nerf/1"
@@ -198,7 +198,7 @@ def train_nerf(
             bar.set_postfix(epoch=epoch + 1, psnr=f"{psnr_from_mse(value):.2f}", refresh=False)
         done = epoch + 1
         if done % max(1, save_every) == 0 or done == settings.epochs:
-            from pipeline.sbd.train import _checkpoint_path
+            from pipeline.sbd.checkpointing import _checkpoint_path
 
             save_train_state(_checkpoint_path(checkpoint_dir, done), model=model, optimizer=optimizer, scaler=None, epoch=done,
                              step=step, seconds=time.perf_counter() - t_start, log_rows=log_rows, fingerprint=fingerprint,
