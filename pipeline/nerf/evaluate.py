@@ -296,13 +296,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
+    from pipeline.cli import run_stage
     from pipeline.nerf.train import scene_sources
 
     sources = scene_sources(args)
     if len(sources) != 1:
         raise UserError("nerf-evaluate evaluates one scene: give --frames/--tokens/--scene-json/--geometry once")
-    table = evaluate_novel_views(args.render, args.weights, sources[0], args.out, strip=args.strip, dataset=args.dataset,
-                                 scene_name=args.scene_name, lpips_backbone=args.lpips_backbone,
-                                 strip_frames=args.strip_frames, max_depth=args.max_depth, device=args.device)  # fmt: skip
-    print(summary_line(table))
+    table = run_stage(evaluate_novel_views, args, values={"sources": sources[0]}, summary=summary_line)
     print(json.dumps({"out": str(args.out), "rows": len(table)}))

@@ -11,7 +11,6 @@ as an mp4, each view from the training frames nearest its position in time.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -173,16 +172,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
+    from pipeline.cli import run_stage
     from pipeline.nerf.train import scene_sources
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     sources = scene_sources(args)
     if len(sources) != 1:
         raise UserError("nerf-render renders one scene: give --frames/--tokens/--scene-json/--geometry once")
     if args.path_frames and not args.path_video:
         raise UserError("--path-frames needs --path-video (config `nerf.path_frames`)")
-    summary = render_held_out(args.weights, sources[0], args.out, name=(args.name or [None])[0], device=args.device,
-                              chunk=args.chunk, path_frames=args.path_frames, path_video=args.path_video,
-                              progress=not args.quiet)  # fmt: skip
-    print(json.dumps(summary))
+    run_stage(render_held_out, args, values={"sources": sources[0], "name": (args.name or [None])[0]})

@@ -331,11 +331,9 @@ def config_from_args(args) -> NerfConfig:
 
 
 def run(args) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings = NerfSettings(epochs=args.epochs, rays=args.rays, lr=args.lr, min_lr=args.min_lr, holdout_every=args.holdout_every,
-                            cameras=args.cameras, near=args.near, far=args.far, seed=args.seed, amp=not args.no_amp)  # fmt: skip
-    summary = train_nerf(scene_sources(args), args.out, config=config_from_args(args), settings=settings, names=args.name,
-                         log_path=args.log, plot_path=args.plot, checkpoint_dir=args.checkpoint_dir, save_every=args.save_every,
-                         resume=not args.no_resume, device=args.device, progress=not args.quiet)  # fmt: skip
-    print(json.dumps(summary))
+    from pipeline.cli import run_stage, stage_kwargs
+
+    settings = NerfSettings(**stage_kwargs(NerfSettings, args, values={"amp": not args.no_amp}))
+    run_stage(train_nerf, args, values={"sources": scene_sources(args), "config": config_from_args(args), "settings": settings,
+                                        "names": args.name, "log_path": args.log, "plot_path": args.plot,
+                                        "resume": not args.no_resume})  # fmt: skip
