@@ -30,6 +30,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "query": ("pipeline.evaluate.query", "relevancy maps and an overlay video for any text on a trained scene"),
     "report": ("pipeline.evaluate.report", "gather per-scene metrics into cross-scene tables"),
     "view": ("pipeline.viewer.app", "serve a rendered scene in the browser: scrub time, type any text, see it in 3D"),
+    "nerf-train": ("pipeline.nerf.train", "train the generalizable radiance field (VGGT-NeRF) on tokens + cameras + frames"),
+    "nerf-render": ("pipeline.nerf.render", "render a scene's held-out frames (and a camera path) with the radiance field"),
+    "nerf-evaluate": ("pipeline.nerf.evaluate", "PSNR/SSIM/LPIPS and depth of the held-out renders, with two baselines"),
 }
 
 

@@ -121,6 +121,7 @@ def small_config() -> dict:
     cfg["autoencoder"]["clip"]["epochs"] = 10
     cfg["autoencoder"]["video"]["epochs"] = 10
     cfg["sbd"].update(epochs=4, save_every=1)
+    cfg["nerf"]["enabled"] = False  # the novel-view stage has its own tests (tests/test_nerf.py, the demo run)
     return cfg
 
 
