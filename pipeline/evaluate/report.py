@@ -29,6 +29,9 @@ NA = "n/a"
 LANGUAGE_COLUMNS = {
     "time_agnostic": [("mIoU", None, "mIoU (%)", 100, 2), ("mAcc", None, "mAcc (%)", 100, 2)],
     "time_sensitive": [("Acc", "video", "Acc (%)", 100, 2), ("vIoU", "video", "vIoU (%)", 100, 2)],
+    "grounding": [("Acc@0.25", None, "Acc@0.25 (%)", 100, 2), ("Acc@0.5", None, "Acc@0.5 (%)", 100, 2),
+                  ("F1@0.25", None, "F1@0.25 (%)", 100, 2), ("F1@0.5", None, "F1@0.5 (%)", 100, 2),
+                  ("chance_Acc@0.25", None, "random object Acc@0.25 (%)", 100, 2)],
 }
 GEOMETRY_COLUMNS = {
     "depth": [("abs_rel", "Abs Rel", 1, 4), ("delta_1.25", "δ<1.25 (%)", 100, 2)],
@@ -37,6 +40,7 @@ GEOMETRY_COLUMNS = {
 TITLES = {
     "time_agnostic": "time-agnostic queries (mIoU / mAcc)",
     "time_sensitive": "time-sensitive queries (Acc / vIoU, video features)",
+    "grounding": "3D grounding from the language field (ScanRefer Acc@k, Multi3DRefer F1@k)",
     "depth": "video depth",
     "pose": "camera pose (Sim(3)-aligned)",
 }
@@ -44,7 +48,7 @@ TITLES = {
 
 def read_metrics(paths) -> pd.DataFrame:
     frames = []
-    seen: dict[tuple[str, str], Path] = {}
+    seen: dict[tuple[str, str, str], Path] = {}  # per task: a scene's grounding table sits beside its metrics
     for p in paths:
         p = Path(p)
         if not p.is_file():
@@ -53,10 +57,11 @@ def read_metrics(paths) -> pd.DataFrame:
             table = pd.read_parquet(p)
         except Exception as exc:
             raise UserError(f"{p} is not a readable Parquet table ({exc.__class__.__name__})") from None
-        if {"dataset", "scene"} <= set(table.columns):
-            for key in table[["dataset", "scene"]].drop_duplicates().itertuples(index=False, name=None):
+        if {"dataset", "scene", "task"} <= set(table.columns):
+            for key in table[["dataset", "scene", "task"]].drop_duplicates().itertuples(index=False, name=None):
                 if key in seen:
-                    raise UserError(f"scene {key[0]}/{key[1]} appears in both {seen[key]} and {p}; give one table per scene")
+                    raise UserError(f"scene {key[0]}/{key[1]} ({key[2]}) appears in both {seen[key]} and {p}; "
+                                    "give one table per scene")
                 seen[key] = p
         frames.append(table)
     if not frames:

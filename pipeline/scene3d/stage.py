@@ -79,8 +79,11 @@ def read_vocabulary(value, *, config_key: str = "scene3d.vocabulary") -> list[st
 
 
 def _depth_file(depth_dir: Path, name: str | None, source_index: int) -> Path | None:
-    cands = [depth_dir / f"{Path(name).stem}.npy"] if name else []
-    cands += [depth_dir / f"{source_index + 1:06d}.npy", depth_dir / f"{source_index:06d}.npy"]
+    """The frame's depth file: named like the frame, else by its 1- or 0-based source index."""
+    if name:
+        cands = [depth_dir / f"{Path(name).stem}.npy"]
+    else:
+        cands = [depth_dir / f"{source_index + 1:06d}.npy", depth_dir / f"{source_index:06d}.npy"]
     return next((c for c in cands if c.is_file()), None)
 
 
@@ -225,8 +228,8 @@ def grounding_rows(queries, gt_boxes, cand_ids, cand_boxes, scores, *, base: dic
             rows.append(_row(**base, task="grounding", metric=f"F1@{k:g}", value=float(np.mean(f1s[k])),
                              aggregation="query_mean", threshold=k, n_items=len(f1s[k]), unit="fraction"))
     if chance:
-        rows.append(_row(**base, task="grounding", metric="Acc@0.25", value=float(np.mean(chance)), aggregation="query_mean",
-                         variant="random_object", threshold=0.25, n_items=len(chance), unit="fraction",
+        rows.append(_row(**base, task="grounding", metric="chance_Acc@0.25", value=float(np.mean(chance)),
+                         aggregation="query_mean", threshold=0.25, n_items=len(chance), unit="fraction",
                          note="expected Acc@0.25 of an object picked at random"))
     return rows
 
@@ -458,7 +461,7 @@ def build_scene(
             note("no object has both a box and language features: every grounding query fails")
     else:
         log(f"note: 3D grounding not evaluated: {why}")
-        mrows.append(_row(**base, task="coverage", metric="grounding_not_evaluated", value=1.0, aggregation="count", note=why))
+        mrows.append(_row(**base, task="grounding", metric="grounding_not_evaluated", value=1.0, aggregation="count", note=why))
     mprov = provenance("scene3d", {**asdict(s), "geometry_source": geometry_source}, inputs, extra={"geometry": source_note})
     write_parquet(metrics, metrics_frame(mrows), provenance=mprov)
     return manifest
