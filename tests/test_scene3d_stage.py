@@ -41,7 +41,7 @@ def _build(root, out, **kw):
 def test_demo_boxes_markers_and_bev(demo_inputs, tmp_path):
     from PIL import Image
 
-    settings = Settings(frames=8, bev_size=256, bev_windows=3, ceiling_quantile=1.0, extent_quantile=0.05)
+    settings = Settings(frames=8, bev_size=256, bev_windows=3, ceiling_quantile=1.0, bev_extent="objects", bev_margin=0.3)
     manifest, logs = _build(demo_inputs, tmp_path, settings=settings)
     objs = pd.read_parquet(tmp_path / "objects3d.parquet")
     seg = pd.read_parquet(demo_inputs / "objects.parquet")
@@ -55,6 +55,8 @@ def test_demo_boxes_markers_and_bev(demo_inputs, tmp_path):
     ball = objs[objs.id == next(k for k, g in gt_of.items() if g == 2)].iloc[0]
     assert ball.moving and len(ball.frames_visible) == len(ball.frame_boxes) > 10
     assert not objs[objs.id == next(k for k, g in gt_of.items() if g == 3)].iloc[0].moving  # the green box stays
+    floor = objs[objs.id == next(k for k, g in gt_of.items() if g == 5)].iloc[0]
+    assert floor.background and not floor.moving  # its visible part shifts with the camera, yet it stays
     # up is the demo world's +y (floor plane), recovered from the data
     assert np.degrees(np.arccos(np.clip(np.dot(manifest["up"], [0, 1, 0]), -1, 1))) < 1.0
     assert manifest["up_from"] == "floor plane"
@@ -67,7 +69,8 @@ def test_demo_boxes_markers_and_bev(demo_inputs, tmp_path):
 
     masks = zarr.open_group(str(demo_inputs / "masks.zarr"), mode="r")["masks"]
     bev_ids = set(manifest["images"][0]["markers"])
-    assert bev_ids == {f"{k}" for k in objs.id[np.isfinite(objs.center_x)]}
+    assert bev_ids <= {f"{k}" for k in objs.id[np.isfinite(objs.center_x)]}
+    assert {str(k) for k in objs.id[~objs.background]} <= bev_ids  # every object in the framed area
     for im in manifest["images"]:
         assert (tmp_path / "scene_prompt" / im["file"]).is_file()
         if im["kind"] != "frame":
@@ -76,7 +79,7 @@ def test_demo_boxes_markers_and_bev(demo_inputs, tmp_path):
         assert im["markers"]
         for k, (x, y) in im["markers"].items():
             assert id_map[y, x] == int(k)
-            assert k in bev_ids
+            assert k in manifest["legend"] or f"{int(k):03d}" in manifest["legend"]
     ball_key = str(ball.id)
     windows = [im for im in manifest["images"] if im["kind"] == "bev_window"]
     xs = [im["markers"][ball_key][0] for im in windows if ball_key in im["markers"]]

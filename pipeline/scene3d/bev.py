@@ -129,13 +129,15 @@ class BevFrame:
 
 
 def plan_bev(points: np.ndarray, rotation: np.ndarray, *, size: int = 512, ceiling_quantile: float = 0.98,
-             extent_quantile: float = 0.01, margin: float = 0.05) -> BevFrame:
-    """The BEV's extent (quantiles of the cloud's footprint plus a margin) and its pixel size."""
+             extent_quantile: float = 0.01, margin: float = 0.05, framing: np.ndarray | None = None) -> BevFrame:
+    """The BEV's extent (quantiles of the footprint of `framing`, default the cloud, plus a margin of
+    the span on each side) and its pixel size; the ceiling is a quantile of the cloud's heights."""
     q = np.asarray(points, dtype=np.float64) @ rotation.T
     if len(q) == 0:
         return BevFrame(rotation, -1.0, 1.0, 2.0 / size, size, size, np.inf)
     ceiling = float(np.quantile(q[:, 2], ceiling_quantile)) if ceiling_quantile < 1 else float(q[:, 2].max())
-    keep = q[q[:, 2] <= ceiling]
+    keep = q if framing is None or len(framing) == 0 else np.asarray(framing, dtype=np.float64) @ rotation.T
+    keep = keep[keep[:, 2] <= ceiling] if (keep[:, 2] <= ceiling).any() else keep
     lo = np.quantile(keep[:, :2], extent_quantile, axis=0)
     hi = np.quantile(keep[:, :2], 1.0 - extent_quantile, axis=0)
     span = np.maximum(hi - lo, 1e-6)

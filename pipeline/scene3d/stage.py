@@ -44,6 +44,8 @@ class Settings:
     up_axis: str = "floor"  # floor | camera
     ceiling_quantile: float = 0.98
     extent_quantile: float = 0.01
+    bev_extent: str = "cloud"  # cloud | objects (the footprint of the objects smaller than half the scene)
+    bev_margin: float = 0.05
     bev_size: int = 512
     bev_windows: int = 0
     splat_radius: int = 1
@@ -235,6 +237,17 @@ def grounding_rows(queries, gt_boxes, cand_ids, cand_boxes, scores, *, base: dic
 
 
 # ----------------------------------------------------------------------------- the stage
+class _Level:
+    """One level of masks.zarr/masks [4,T,H,W], read a frame at a time."""
+
+    def __init__(self, array, level: int):
+        self.array, self.level = array, level
+        self.shape = tuple(array.shape[1:])
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return np.asarray(self.array[self.level, t])
+
+
 def _moving(track: dict[int, np.ndarray], threshold: float) -> bool:
     if len(track) < 2:
         return False
@@ -279,7 +292,7 @@ def build_scene(
     if s.level not in LEVEL_NAMES:
         raise UserError(f"config error at `scene3d.level`: {s.level!r} is not one of {', '.join(LEVEL_NAMES)}")
     levels = list(dict(mgroup["masks"].attrs).get("levels", LEVEL_NAMES))
-    masks_level = mgroup["masks"][levels.index(s.level)]  # [T,H,W] (small scenes; read once)
+    masks_level = _Level(mgroup["masks"], levels.index(s.level))
     table = pd.read_parquet(objects)
     table = table[table["level"] == s.level] if "level" in table else table
     ids = sorted(int(k) for k in table["id"])
@@ -342,7 +355,14 @@ def build_scene(
         names.setdefault(k, str(gt_names.get(k, f"object {k}")) if not words else f"object {k}")
 
     tracks = lifted.frame_boxes
-    moving = {k: _moving(tracks.get(k, {}), s.moving_threshold) for k in ids}
+    # regions as large as half the scene (floor, walls, sky) are background: never moving, not framing the BEV
+    if len(lifted.points):
+        lo, hi = np.quantile(lifted.points, [0.01, 0.99], axis=0)
+        scene_diag = float(np.linalg.norm(hi - lo))
+    else:
+        scene_diag = 0.0
+    background = {k for k, b in boxes.items() if np.linalg.norm(b[3:]) > 0.5 * scene_diag}
+    moving = {k: k not in background and _moving(tracks.get(k, {}), s.moving_threshold) for k in ids}
     rows = []
     for k in ids:
         b = boxes.get(k)
@@ -353,17 +373,24 @@ def build_scene(
             **{f"size_{a}": (float(b[3 + i]) if b is not None else np.nan) for i, a in enumerate("xyz")},
             "n_points": int(lifted.object_points.get(k, 0)), "frames_2d": int(frames_2d.get(k, 0)),
             "frames_visible": [int(t) for t in sorted(tr)], "frame_boxes": [tr[t].tolist() for t in sorted(tr)],
-            "moving": moving[k],
+            "moving": moving[k], "background": k in background,
         })
     obj_df = pd.DataFrame(rows, columns=["id", "name", "name_score", "center_x", "center_y", "center_z", "size_x",
                                          "size_y", "size_z", "n_points", "frames_2d", "frames_visible", "frame_boxes",
-                                         "moving"])
+                                         "moving", "background"])
 
     # up axis and BEV
     up, how = bevmod.estimate_up(lifted.points, cams, method=s.up_axis, threshold=2 * max(lifted.voxel, 1e-6), seed=s.seed)
     rotation = bevmod.bev_basis(up, cams)
+    framing = lifted.points
+    if s.bev_extent == "objects":
+        fg = [k for k in boxes if k not in background]
+        if fg:
+            framing = lifted.points[np.isin(lifted.labels, fg)]
+        else:
+            note("bev_extent `objects`: no object smaller than the scene to frame the BEV with; the whole cloud frames it")
     plan = bevmod.plan_bev(lifted.points, rotation, size=s.bev_size, ceiling_quantile=s.ceiling_quantile,
-                           extent_quantile=s.extent_quantile)
+                           extent_quantile=s.extent_quantile, margin=s.bev_margin, framing=framing)
     images: list[dict] = []
     sheet: list[tuple[str, np.ndarray]] = []
     prompt_dir = Path(prompt_dir)
