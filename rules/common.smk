@@ -462,7 +462,7 @@ def scene3d_questions(wildcards):
 
 def scene3d_flags(wildcards):
     cfg = config["scene3d"]
-    options = flags("scene3d", "vocabulary", "level", "frames", "max_side", "voxel_size", "pixel_stride",
+    options = flags("scene3d", "vocabulary", "level", "num_frames", "max_side", "voxel_size", "pixel_stride",
                     "confidence_percentile", "trim", "up_axis", "ceiling_quantile", "extent_quantile", "bev_extent",
                     "bev_margin", "bev_size",
                     "bev_windows", "splat_radius", "moving_threshold", "min_marker_area", "features_per_frame",

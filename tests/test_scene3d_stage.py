@@ -41,7 +41,7 @@ def _build(root, out, **kw):
 def test_demo_boxes_markers_and_bev(demo_inputs, tmp_path):
     from PIL import Image
 
-    settings = Settings(frames=8, bev_size=256, bev_windows=3, ceiling_quantile=1.0, bev_extent="objects", bev_margin=0.3)
+    settings = Settings(num_frames=8, bev_size=256, bev_windows=3, ceiling_quantile=1.0, bev_extent="objects", bev_margin=0.3)
     manifest, logs = _build(demo_inputs, tmp_path, settings=settings)
     objs = pd.read_parquet(tmp_path / "objects3d.parquet")
     seg = pd.read_parquet(demo_inputs / "objects.parquet")

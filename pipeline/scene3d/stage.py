@@ -35,7 +35,7 @@ THRESHOLDS = (0.25, 0.5)
 @dataclass
 class Settings:
     level: str = "l"
-    frames: int = 8  # marked frames (upstream: 8 zero-shot, 32 fine-tuned)
+    num_frames: int = 8  # marked frames (upstream: 8 zero-shot, 32 fine-tuned)
     max_side: int = 512
     voxel_size: float = 0.0  # 0: 1% of the first frame's median depth
     pixel_stride: int = 1
@@ -431,7 +431,7 @@ def build_scene(
                 images.append({"file": fname, "kind": "bev_window", "frames": [a, b_],
                                "markers": {str(k): [round(x, 1), round(y, 1)] for k, (x, y) in marks.items()}})
                 sheet.append((f"BEV {a}-{b_}", wimg))
-        for t in sample_frames(T, s.frames):
+        for t in sample_frames(T, s.num_frames):
             frame, scale = resize_nearest(np.asarray(rgb[t]), s.max_side)
             id_map = np.asarray(masks_level[t])
             if scale < 1.0:
