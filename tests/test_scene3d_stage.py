@@ -126,3 +126,17 @@ def test_bad_input_gives_notes_not_crashes(demo_inputs, tmp_path):
 
     with pytest.raises(UserError, match=r"`scene3d.vocabulary`.*missing.txt"):
         _build(demo_inputs, tmp_path / "v", vocabulary=str(tmp_path / "missing.txt"))
+
+
+def test_command_line_reports_a_missing_vocabulary_in_one_line(demo_inputs, tmp_path, capsys):
+    from pipeline.__main__ import main
+
+    r = demo_inputs
+    code = main(["scene3d", "--frames", str(r / "frames.zarr"), "--masks", str(r / "masks.zarr"), "--objects",
+                 str(r / "objects.parquet"), "--scene-json", str(r / "scene.json"), "--geometry-source", "gt",
+                 "--vocabulary", str(tmp_path / "words.txt"), "--objects3d", str(tmp_path / "o.parquet"), "--cloud",
+                 str(tmp_path / "c.ply"), "--prompt-dir", str(tmp_path / "p"), "--metrics", str(tmp_path / "m.parquet")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: config error at `scene3d.vocabulary`") and "words.txt" in err[0]
+    assert not (tmp_path / "o.parquet").exists()
