@@ -197,3 +197,23 @@ def test_answer_normalisation_and_exact_match():
     assert refined_match("two chairs", ["two"]) and refined_match("brown  table", ["the brown table by the wall"])
     assert not refined_match("red", ["blue"])
     assert object_refs("It is <OBJ003>, next to <OBJ012> and <OBJ003>.") == [3, 12]
+
+
+def test_grounding_rows_score_chosen_boxes():
+    from pipeline.scene3d.stage import grounding_rows
+
+    gt = {1: np.array([0, 0, 0, 1, 1, 1.0]), 2: np.array([5, 0, 0, 1, 1, 1.0])}
+    cand_ids, cand_boxes = [10, 11, 12], [np.array([0.1, 0, 0, 1, 1, 1.0]), np.array([5, 0, 0, 1, 1, 1.0]),
+                                          np.array([9, 9, 9, 1, 1, 1.0])]
+    queries = [{"query": "a", "targets": [1]}, {"query": "b", "targets": [2]}, {"query": "both", "targets": [1, 2]},
+               {"query": "none", "targets": []}]
+    # objects x queries: "a" -> 10 (right), "b" -> 12 (wrong), "both" -> 10 and 11, "none" -> nothing above 0.5
+    scores = np.array([[0.9, 0.1, 0.80, 0.2], [0.2, 0.3, 0.78, 0.1], [0.1, 0.8, 0.1, 0.3]])
+    rows = grounding_rows(queries, gt, cand_ids, cand_boxes, scores, base={"dataset": "d", "scene": "s"},
+                          margin=0.05, min_score=0.5)
+    means = {r["metric"]: r["value"] for r in rows if r["aggregation"] == "query_mean"}
+    assert means["Acc@0.25"] == 0.5 and means["Acc@0.5"] == 0.5
+    assert means["F1@0.5"] == pytest.approx((1 + 0 + 1 + 1) / 4)
+    assert means["chance_Acc@0.25"] == pytest.approx(1 / 3)
+    notes = {r["query"]: r["note"] for r in rows if r["metric"] == "F1@0.5" and r["aggregation"] == "none"}
+    assert notes == {"a": "chose <OBJ010>", "b": "chose <OBJ012>", "both": "chose <OBJ010>,<OBJ011>", "none": "chose none"}
