@@ -19,7 +19,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint venv lock slurm clean-results
+.PHONY: demo test lint venv lock slurm chromium clean-results
 
 venv: $(STAMP)
 
@@ -51,7 +51,7 @@ demo: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=0 --rerun-incomplete --show-failed-logs
 	@echo "demo finished: results/demo/demo/ (see README, 'Outputs')"
 
-test: $(STAMP) slurm
+test: $(STAMP) slurm chromium
 	$(PY) -m pytest -q
 
 # The Slurm test starts a single-node cluster (Debian slurm-wlm + munge). Install them when
@@ -63,6 +63,17 @@ slurm:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) \
 	      || echo "could not install Slurm: its test will skip"; \
 	  else echo "Slurm not installed and no root apt-get: the Slurm test will skip"; fi; \
+	fi
+
+# The viewer's browser test opens the page in Debian's headless Chromium (software WebGL). Install it
+# when missing and we may (root with apt-get); otherwise that test fails in CI (skips elsewhere) and says why.
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium for the viewer's browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "could not install chromium: the viewer's browser test will fail in CI and skip elsewhere"; \
+	  else echo "chromium not installed and no root apt-get: the viewer's browser test will fail in CI and skip elsewhere"; fi; \
 	fi
 
 lint: $(STAMP)

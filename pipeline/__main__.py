@@ -31,6 +31,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "scene3d": ("pipeline.scene3d.stage", "GPT4Scene inputs: objects in 3D, cloud.ply, BEV + marked frames, 3D grounding"),
     "scene3d-answer": ("pipeline.scene3d.answer", "answer questions on a scene prompt with a local Qwen2-VL -> answers.parquet"),
     "report": ("pipeline.evaluate.report", "gather per-scene metrics into cross-scene tables"),
+    "view": ("pipeline.viewer.app", "serve a rendered scene in the browser: scrub time, type any text, see it in 3D"),
 }
 
 

@@ -290,5 +290,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    meta = convert_checkpoint(args.src, args.dst, key=args.key)
-    print(json.dumps({"out": args.dst, **meta}))
+    from pipeline.cli import run_stage
+
+    run_stage(convert_checkpoint, args, summary=lambda meta: json.dumps({"out": args.dst, **meta}))

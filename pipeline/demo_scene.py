@@ -388,5 +388,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    path = make_demo_scene(args.out, seed=args.seed, num_frames=args.frames)
-    print(f"demo scene written to {path}")
+    from pipeline.cli import run_stage
+
+    run_stage(make_demo_scene, args, names={"num_frames": "frames"}, summary=lambda path: f"demo scene written to {path}")

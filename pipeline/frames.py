@@ -161,17 +161,20 @@ def extract_frames(
 
 
 def add_arguments(parser) -> None:
+    from pipeline.defaults import schema_default
+
     parser.add_argument("--source", required=True, help="scene source: a video file, an image folder or a scene folder")
     parser.add_argument("--kind", required=True, choices=readers.KINDS, help="how to read --source")
     parser.add_argument("--out", required=True, help="frames.zarr to write")
     parser.add_argument("--scene-json", required=True, help="scene.json to write")
     parser.add_argument("--scene", required=True, help="scene id (recorded in scene.json)")
     parser.add_argument("--dataset", default="custom", help="dataset name (recorded in scene.json)")
-    parser.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
-    parser.add_argument("--max-frames", type=int, default=None, help="keep at most N frames (after stride)")
-    parser.add_argument("--max-size", type=int, default=None, help="resize down so the longest side is at most N px")
+    parser.add_argument("--stride", type=int, default=schema_default("frames.stride"), help="keep every N-th frame")
+    parser.add_argument("--max-frames", type=int, default=schema_default("frames.max_frames"), help="keep at most N frames (after stride)")
+    parser.add_argument("--max-size", type=int, default=schema_default("frames.max_size"),
+                        help="resize down so the longest side is at most N px")
     parser.add_argument("--camera", default=None, help="Neu3D camera (default cam00, the test camera)")
-    parser.add_argument("--resolution", default="2x", help="HyperNeRF rgb/<resolution> folder (default 2x)")
+    parser.add_argument("--resolution", default=schema_default("frames.resolution"), help="HyperNeRF rgb/<resolution> folder")
     parser.add_argument("--fps", type=float, default=None, help="override the frame rate (image folders have none)")
     parser.add_argument("--allow-truncated", action="store_true",
                         help="keep the frames of a video that breaks off early (recorded in scene.json) instead of failing")
@@ -179,20 +182,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    record = extract_frames(
-        args.kind,
-        args.source,
-        args.out,
-        args.scene_json,
-        scene=args.scene,
-        dataset=args.dataset,
-        stride=args.stride,
-        max_frames=args.max_frames,
-        max_size=args.max_size,
-        camera=args.camera,
-        resolution=args.resolution,
-        fps=args.fps,
-        allow_truncated=args.allow_truncated,
-        progress=not args.no_progress,
-    )
-    print(f"{record['num_frames']} frames of {record['width']}x{record['height']} -> {Path(args.out)}")
+    from pipeline.cli import run_stage
+
+    run_stage(extract_frames, args, names={"path": "source", "out_zarr": "out"},
+              summary=lambda r: f"{r['num_frames']} frames of {r['width']}x{r['height']} -> {Path(args.out)}")

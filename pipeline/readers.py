@@ -63,16 +63,20 @@ def read_source(kind: str, path: str | Path, *, resolution: str = "2x", camera: 
 
 
 # ----------------------------------------------------------------------------- image folders
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path, *, config_key: str | None = None) -> list[Path]:
+    """The images of a folder in natural order (frame2 before frame10): the one image-folder order."""
+    where = f" (`{config_key}`)" if config_key else ""
     if not folder.is_dir():
-        raise UserError(f"not a folder of images: {folder}")
-    files = sorted((f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES), key=lambda f: natural_key(f.name))
+        raise UserError(f"not a folder of images: {folder}{where}")
+    files = sorted((f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda f: natural_key(f.name))  # fmt: skip
     if not files:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+        raise UserError(f"no images in {folder}{where}; expected {', '.join(sorted(IMAGE_SUFFIXES))} files")
     return files
 
 
-def _load_rgb(path: Path) -> np.ndarray:
+def load_rgb(path: Path) -> np.ndarray:
+    """An image as RGB uint8; transparent pixels blended onto white, as upstream's loader does."""
     from PIL import Image
 
     try:
@@ -86,7 +90,8 @@ def _load_rgb(path: Path) -> np.ndarray:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
 
-def _check_same_size(files: list[Path]) -> tuple[int, int]:
+def image_size(files: list[Path]) -> tuple[int, int]:
+    """(H, W) shared by every image, or a line listing the sizes found."""
     from PIL import Image
 
     sizes: dict[tuple[int, int], Path] = {}
@@ -98,7 +103,7 @@ def _check_same_size(files: list[Path]) -> tuple[int, int]:
             raise UserError(f"cannot read image {f}: {exc}") from None
     if len(sizes) > 1:
         listing = "; ".join(f"{h}x{w} (e.g. {f.name})" for (h, w), f in sizes.items())
-        raise UserError(f"images in {files[0].parent} have mixed sizes: {listing}")
+        raise UserError(f"images in {files[0].parent} have different sizes (mixed sizes: {listing}); all frames must share one size")
     return next(iter(sizes))
 
 
@@ -106,14 +111,14 @@ def _folder_frames(files: list[Path]) -> Callable[[set[int] | None], Frames]:
     def frames(wanted: set[int] | None) -> Frames:
         for i, f in enumerate(files):
             if wanted is None or i in wanted:
-                yield i, f.stem, _load_rgb(f)
+                yield i, f.stem, load_rgb(f)
 
     return frames
 
 
 def read_images(folder: Path) -> Source:
-    files = _image_files(folder)
-    size = _check_same_size(files)
+    files = image_files(folder)
+    size = image_size(files)
     return Source("images", folder.resolve(), size, len(files), None, _folder_frames(files), names=[f.stem for f in files])
 
 
@@ -122,8 +127,8 @@ def read_hypernerf(scene: Path, *, resolution: str = "2x") -> Source:
     rgb_dir = scene / "rgb" / resolution
     if not rgb_dir.is_dir():
         raise UserError(f"{scene} is not a HyperNeRF scene: {rgb_dir} is missing")
-    files = _image_files(rgb_dir)
-    size = _check_same_size(files)
+    files = image_files(rgb_dir)
+    size = image_size(files)
     factor = float(resolution.rstrip("x")) if resolution.rstrip("x").replace(".", "").isdigit() else 1.0
     source = Source(
         "hypernerf", scene.resolve(), size, len(files), None, _folder_frames(files), names=[f.stem for f in files]

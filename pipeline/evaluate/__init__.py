@@ -8,5 +8,8 @@ Modules, one job each:
 - `geometry_metrics`  depth Abs Rel / delta with per-sequence alignment; ATE / RPE after Sim(3)
 - `encoders`   adapter to the text encoders, autoencoders and precomputed query embeddings
 - `figures`    relevancy overlays (PNG) and overlay videos (mp4)
+- `table`      the long metrics table (metrics.parquet rows)
+- `language`   the language metrics of one rendered scene (per-frame loop, aggregates, temporal scoring)
+- `geometry_eval`  the depth and pose rows of one scene where it has ground truth
 - `stage`, `query`, `report`  the command-line stages
 """

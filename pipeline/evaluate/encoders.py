@@ -77,13 +77,8 @@ def encode_texts(space: Mapping | None, texts: list[str], *, query: bool, what: 
     """Encode texts with the encoder the space names (the feature side's text module)."""
     if space is None:
         raise UserError(f"the render does not record its {what} space; pass --query-embeddings with precomputed vectors")
-    try:
-        from pipeline.features.text import encode_texts as features_encode_texts
-    except ImportError:
-        raise UserError(
-            "text encoders are not available in this installation (pipeline.features.text); "
-            "pass --query-embeddings with precomputed vectors"
-        ) from None
+    from pipeline.features.text import encode_texts as features_encode_texts
+
     texts = list(dict.fromkeys(texts))
     vecs = np.asarray(features_encode_texts(dict(space), texts, query=query), dtype=np.float32)
     return TextVectors(vectors=dict(zip(texts, vecs)), space=dict(space))
@@ -122,10 +117,8 @@ def load_decoder(path: str | Path | None, *, config_key: str, what: str, device:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} not found: {p} (config key `{config_key}`; expected a .safetensors autoencoder)")
-    try:
-        from pipeline.features.autoencoder import load_autoencoder
-    except ImportError:
-        raise UserError("the autoencoder loader (pipeline.features.autoencoder) is not available in this installation") from None
+    from pipeline.features.autoencoder import load_autoencoder
+
     module, meta = load_autoencoder(p)
     module.eval().to(device)
     space = parse_space(meta.get("space"))

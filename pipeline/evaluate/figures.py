@@ -127,3 +127,39 @@ def write_video(path: str | Path, frames, fps: float = 10.0) -> Path:
         finally:
             container.close()
     return path
+
+
+# ----------------------------------------------------------------------------- evaluation figures
+def _frame_image(scene_dir: Path, render, t: int, source_index: int, shape) -> np.ndarray:
+    """The picture under an overlay: the scene's own frame if it has the annotation size, else the
+    render's reconstructed RGB, else grey."""
+    import cv2
+
+    for name in (f"{source_index + 1:06d}.png", f"{source_index:06d}.png"):
+        p = scene_dir / "rgb" / "2x" / name
+        if p.is_file():
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is not None and img.shape[:2] == tuple(shape):
+                return img[..., ::-1].copy()
+    if "rgb" in render:
+        img = (np.asarray(render["rgb"][t], dtype=np.float32).clip(0, 1) * 255).astype(np.uint8)
+        if img.shape[:2] != tuple(shape):
+            img = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+        return img
+    return np.full((*shape, 3), 128, dtype=np.uint8)
+
+
+def _pick_evenly(items: list, k: int) -> list:
+    if len(items) <= k:
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, k).round().astype(int)
+    return [items[i] for i in sorted(set(idx))]
+
+
+def _panel_frames(frames, figure_frames: int) -> dict[str, set[int]]:
+    """Which frames get a figure panel, per query: a few spread over its annotated frames."""
+    frames_of: dict[str, list[int]] = {}
+    for af in frames:
+        for label in af.masks:
+            frames_of.setdefault(label, []).append(af.frame)
+    return {q: set(_pick_evenly(sorted(set(fs)), figure_frames)) for q, fs in frames_of.items()}

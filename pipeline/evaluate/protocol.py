@@ -11,10 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from pipeline.errors import UserError
+from pipeline.levels import LANGUAGE_LEVELS as LEVELS  # noqa: F401  (also read from here)
 
 CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
-LEVELS = ("s", "m", "l")  # render.zarr lang_s / lang_m / lang_l = upstream levels 1..3
-
 LEVEL_STRATEGIES = ("smoothed_peak", "raw_peak")
 THRESHOLD_RULES = ("raw_mean", "smoothed_mean")
 DEPTH_ALIGNS = ("scale", "scale_shift", "median", "none")

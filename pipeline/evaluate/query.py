@@ -118,11 +118,16 @@ def _autoencoder_from_scene(scene_dir: Path, render_attrs: dict) -> str | None:
         v = render_attrs.get(key)
         if isinstance(v, dict) and v.get("path"):
             return v["path"]
-    lat = scene_dir / "clip_latents.zarr"
+    return latents_autoencoder(scene_dir, "clip")
+
+
+def latents_autoencoder(scene_dir: Path, kind: str) -> str | None:
+    """The autoencoder path recorded in `<kind>_latents.zarr` (kind: clip or video), if any."""
+    lat = scene_dir / f"{kind}_latents.zarr"
     if lat.exists():
         from pipeline.store import open_group
 
-        v = dict(open_group(lat, what="clip latents").attrs).get("autoencoder")
+        v = dict(open_group(lat, what=f"{kind} latents").attrs).get("autoencoder")
         if isinstance(v, dict) and v.get("path"):
             return v["path"]
     return None
@@ -177,8 +182,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    summary = query(args.scene, args.text, render=args.render, autoencoder=args.autoencoder,
-                    query_embeddings=args.query_embeddings, out=args.out, level=args.level,
-                    protocol=Protocol(negatives=tuple(args.negatives)))
-    summary.pop("chosen_level")
-    print(json.dumps(summary))
+    from pipeline.cli import run_stage
+
+    run_stage(query, args, values={"protocol": Protocol(negatives=tuple(args.negatives))},
+              summary=lambda s: json.dumps({k: v for k, v in s.items() if k != "chosen_level"}))

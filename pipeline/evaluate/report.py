@@ -223,5 +223,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    report(args.inputs, args.out)
-    print((Path(args.out) / "metrics.md").read_text())
+    from pipeline.cli import run_stage
+
+    run_stage(report, args, summary=lambda _: (Path(args.out) / "metrics.md").read_text())

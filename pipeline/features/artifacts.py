@@ -15,9 +15,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.levels import MASK_LEVELS as LEVELS  # noqa: F401  (also read from here)
 from pipeline.store import atomic_path, create_group, frame_array, open_group, require_arrays, zstd
 
-LEVELS = ("default", "s", "m", "l")
 FEATURE_CHUNK_ROWS = 8192
 
 

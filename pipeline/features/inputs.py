@@ -22,6 +22,9 @@ from pipeline.store import open_group, require_arrays
 from pipeline.features.artifacts import LEVELS
 
 BACKGROUND_NAME = "background"  # text for a mask that overlaps no ground-truth region
+# stage parameter -> command-line option, where they differ (both feature stages)
+FEATURE_OPTIONS = {"frames_path": "frames", "masks_path": "masks", "out_path": "out", "scene_path": "scene",
+                   "objects_path": "objects"}
 
 
 def open_frames(path: str | os.PathLike):
@@ -74,30 +77,21 @@ def gt_objects(scene: dict[str, Any]) -> tuple[dict[int, str], dict[int, str]]:
     path = (scene.get("gt") or {}).get("objects")
     if not path or not Path(path).is_file():
         raise UserError(f"scene {scene.get('scene')!r} has no ground-truth objects.json (scene.json gt.objects)")
-    objects, parts = {}, {}
-    for obj in json.loads(Path(path).read_text()):
-        objects[int(obj["id"])] = str(obj["name"])
-        for part in obj.get("parts", []) or []:
-            parts[int(part["id"])] = str(part["name"])
-    return objects, parts
+    from pipeline.segment.gt import gt_names
+
+    return gt_names(Path(path))
 
 
 def gt_map(scene: dict[str, Any], kind: str, t: int, shape: tuple[int, int]) -> np.ndarray | None:
     """Ground-truth id map (`kind` = instance | part) of stored frame `t`, resized to `shape`."""
     import cv2
 
+    from pipeline.segment.gt import gt_file
+
     folder = (scene.get("gt") or {}).get(f"{kind}_dir")
     if not folder or not Path(folder).is_dir():
         return None
-    folder = Path(folder)
-    names = scene.get("frame_names") or []
-    candidate = folder / f"{Path(str(names[t])).stem}.png" if t < len(names) else None
-    if candidate is None or not candidate.is_file():
-        listing = sorted(folder.glob("*.png"))
-        src = (scene.get("source_indices") or list(range(len(listing))))[t]
-        if src >= len(listing):
-            raise UserError(f"ground truth {folder} has no map for frame {t} (source index {src})")
-        candidate = listing[src]
+    candidate = gt_file(Path(folder), scene, t)
     img = cv2.imread(str(candidate), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise UserError(f"cannot read ground-truth map {candidate}")

@@ -46,12 +46,7 @@ def _offline() -> None:
 from pipeline.devices import resolve_device  # noqa: E402  (re-exported for the feature stages)
 
 
-def set_threads(threads: int | None) -> None:
-    """Pin torch's CPU threads; on a shared CPU, oversubscription slows small models many-fold."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
+from pipeline.cli import set_threads  # noqa: E402,F401  (re-exported for the feature stages)
 
 
 # ----------------------------------------------------------------------------- sentence-transformers

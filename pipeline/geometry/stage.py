@@ -242,6 +242,8 @@ def compute_geometry(
 
 
 def add_arguments(parser) -> None:
+    from pipeline.defaults import schema_default
+
     parser.add_argument("--frames", required=True, help="frames.zarr (array rgb [T,H,W,3] uint8) or an image folder")
     parser.add_argument("--out", required=True, help="folder to write tokens.zarr and geometry.zarr into")
     weights = parser.add_argument_group("weights (exactly one)")
@@ -254,59 +256,39 @@ def add_arguments(parser) -> None:
     arch.add_argument("--heads", type=int, default=None)
     arch.add_argument("--patch-embed", choices=("conv", "dinov2"), default=None)
     run = parser.add_argument_group("run")
-    run.add_argument("--mode", choices=MODES, default="stream")
-    run.add_argument("--cache-window", type=int, default=128,
-                     help="earlier frames a frame attends to in stream/batch mode; 0 = all (default 128)")
-    run.add_argument("--chunk-size", type=int, default=8, help="frames per pass in batch mode (default 8)")
-    run.add_argument("--device", default="auto", help="auto (a leased GPU when there is one, else cpu), cpu, cuda[:k]")
-    run.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+    run.add_argument("--mode", choices=MODES, default=schema_default("geometry.mode"))
+    run.add_argument("--cache-window", type=int, default=schema_default("geometry.cache_window"),
+                     help="earlier frames a frame attends to in stream/batch mode; 0 = all")
+    run.add_argument("--chunk-size", type=int, default=schema_default("geometry.chunk_size"), help="frames per pass in batch mode ")
+    run.add_argument("--device", default=schema_default("geometry.device"), help="auto (a leased GPU when there is one, else cpu), cpu, cuda[:k]")
+    run.add_argument("--dtype", choices=tuple(DTYPES), default=schema_default("geometry.dtype"),
                      help="aggregator precision; bfloat16 = autocast (heads stay fp32)")
-    run.add_argument("--max-size", type=int, default=518, help="longest side after resizing (default 518)")
+    run.add_argument("--max-size", type=int, default=schema_default("geometry.max_size"), help="longest side after resizing")
     run.add_argument("--layers", type=int, nargs="+", default=None,
                      help="aggregator layers to store (default: the DPT layers, 4 11 17 23 at full size)")
-    run.add_argument("--backbone", choices=BACKBONES, default="streamvggt",
+    run.add_argument("--backbone", choices=BACKBONES, default=schema_default("geometry.backbone"),
                      help="weights family; page4d allows --page4d-mask (run vggt/page4d with --mode offline as released)")
     run.add_argument("--page4d-mask", action="store_true",
                      help="PAGE-4D's dynamic-mask variant: the mask head (in the checkpoint) biases pose tokens; "
                           "writes geometry.zarr/dynamic_mask")
-    run.add_argument("--ignore-keys", nargs="+", default=[], metavar="PREFIX",
+    run.add_argument("--ignore-keys", nargs="+", default=schema_default("geometry.ignore_keys"), metavar="PREFIX",
                      help="checkpoint key prefixes to leave unloaded on purpose (track_head. always is), "
                           "e.g. aggregator.spatial_mask_head. for PAGE-4D's nomask checkpoint")
     run.add_argument("--points", action="store_true", help="also run the point head: geometry.zarr/world_points")
-    run.add_argument("--token-dtype", choices=TOKEN_DTYPES, default="float16",
+    run.add_argument("--token-dtype", choices=TOKEN_DTYPES, default=schema_default("geometry.token_dtype"),
                      help="tokens.zarr storage: float16, or int8 / int4 codes with per-group scales")
-    run.add_argument("--cache-dtype", choices=tuple(DTYPES), default=None,
+    run.add_argument("--cache-dtype", choices=tuple(DTYPES), default=schema_default("geometry.cache_dtype"),
                      help="store the key/value cache in this precision (default: as computed)")
-    run.add_argument("--merge-ratio", type=float, default=0.0,
+    run.add_argument("--merge-ratio", type=float, default=float(schema_default("geometry.merge_ratio")),
                      help="stream mode: share of each cached frame's patch tokens merged into similar ones (0 = off)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> None:
-    import json
+    from pipeline.cli import run_stage
 
     architecture = {"embed_dim": args.embed_dim, "depth": args.depth, "num_heads": args.heads,
                     "patch_embed": args.patch_embed}
-    summary = compute_geometry(
-        args.frames,
-        args.out,
-        checkpoint=args.checkpoint,
-        random_init=args.random_init,
-        architecture=architecture,
-        mode=args.mode,
-        cache_window=None if args.cache_window == 0 else args.cache_window,
-        chunk_size=args.chunk_size,
-        device=args.device,
-        dtype=args.dtype,
-        max_size=args.max_size,
-        layers=args.layers,
-        ignore_keys=tuple(args.ignore_keys),
-        backbone=args.backbone,
-        page4d_mask=args.page4d_mask,
-        points=args.points,
-        token_dtype=args.token_dtype,
-        cache_dtype=args.cache_dtype,
-        merge_ratio=args.merge_ratio,
-        progress=not args.no_progress,
-    )
-    print(json.dumps(summary))
+    run_stage(compute_geometry, args, names={"out_dir": "out"},
+              values={"architecture": architecture, "cache_window": None if args.cache_window == 0 else args.cache_window,
+                      "ignore_keys": tuple(args.ignore_keys)})  # fmt: skip

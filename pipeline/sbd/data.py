@@ -24,30 +24,13 @@ import torch
 
 from pipeline import store
 from pipeline.errors import UserError
+from pipeline.geometry.inputs import crop_box_in_frame  # noqa: F401  (also read from here)
+from pipeline.levels import LANGUAGE_LEVELS, MASK_LEVELS
 from pipeline.tokenstore import open_layers
 
-LEVEL_ROWS = (1, 2, 3)  # masks / rows levels default, s, m, l -> s, m, l
+LEVEL_ROWS = tuple(MASK_LEVELS.index(level) for level in LANGUAGE_LEVELS)  # masks / rows level of each language level
 PLACEMENTS = ("resize", "crop")  # where the decoder output goes; see the module docstring
 LARGE_ROW = 3
-
-
-def crop_box_in_frame(transform: dict | None, frame_hw: Sequence[int]) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of the model input's crop, in frame pixels.
-
-    `transform` is tokens.zarr's {source_size, resize_to, crop [top, left, H', W']} with the crop
-    in resized coordinates; without a crop the model input covers the whole frame.
-    """
-    H, W = int(frame_hw[0]), int(frame_hw[1])
-    if not transform or transform.get("crop") is None:
-        return 0, 0, H, W
-    top, left, ch, cw = (float(v) for v in transform["crop"])
-    resized = transform.get("resize_to") or transform.get("source_size") or [H, W]
-    sy, sx = H / float(resized[0]), W / float(resized[1])
-    y0, y1 = round(top * sy), round((top + ch) * sy)
-    x0, x1 = round(left * sx), round((left + cw) * sx)
-    if y1 <= y0 or x1 <= x0:
-        raise UserError(f"tokens.zarr transform crop {transform['crop']} is empty in a {H}x{W} frame")
-    return int(y0), int(x0), int(y1 - y0), int(x1 - x0)
 
 
 def output_box(crop_box: Sequence[int], frame_hw: Sequence[int], placement: str) -> tuple[int, int, int, int]:

@@ -25,7 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-LEVELS = ("s", "m", "l")
+from pipeline.levels import LANGUAGE_LEVELS as LEVELS  # noqa: F401  (also read from here)
+from pipeline.nets.dpt import DPT, FusionBlock, ResidualConvUnit  # noqa: F401  (also read from here)
+from pipeline.nets.dpt import resize as _resize
+
 UPSTREAM_LAYERS = (4, 11, 17, 23)
 
 
@@ -55,92 +58,15 @@ class DecoderConfig:
         return cls(**known)
 
 
-def _resize(x: torch.Tensor, size: Sequence[int], *, align_corners: bool) -> torch.Tensor:
-    size = (int(size[0]), int(size[1]))
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
-
-
-# ----------------------------------------------------------------------------- DPT
-class ResidualConvUnit(nn.Module):
-    def __init__(self, features: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(features, features, 3, padding=1, bias=True)
-        self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Upstream's in-place ReLU overwrote its input, so the released weights were trained
-        # with the skip carrying relu(x); we reproduce that without mutating the caller's tensor.
-        x = F.relu(x)
-        return self.conv2(F.relu(self.conv1(x))) + x
-
-
-class FeatureFusionBlock(nn.Module):
-    def __init__(self, features: int, *, has_residual: bool = True):
-        super().__init__()
-        # Registration order (out_conv first) matches the released state_dict order.
-        self.out_conv = nn.Conv2d(features, features, 1, bias=True)
-        if has_residual:
-            self.resConfUnit1 = ResidualConvUnit(features)
-        self.resConfUnit2 = ResidualConvUnit(features)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size=None) -> torch.Tensor:
-        if skip is not None:
-            x = x + self.resConfUnit1(skip)
-        x = self.resConfUnit2(x)
-        if size is None:
-            size = (int(x.shape[-2] * 2), int(x.shape[-1] * 2))
-        x = _resize(x, size, align_corners=True)
-        return self.out_conv(x)
-
-
-class _Scratch(nn.Module):
-    def __init__(self, out_channels: Sequence[int], features: int):
-        super().__init__()
-        for i, c in enumerate(out_channels, start=1):
-            setattr(self, f"layer{i}_rn", nn.Conv2d(c, features, 3, padding=1, bias=False))
-        self.refinenet1 = FeatureFusionBlock(features)
-        self.refinenet2 = FeatureFusionBlock(features)
-        self.refinenet3 = FeatureFusionBlock(features)
-        self.refinenet4 = FeatureFusionBlock(features, has_residual=False)
-        self.output_conv1 = nn.Conv2d(features, features, 3, padding=1, bias=True)
-
-
-class DPTFeatureExtractor(nn.Module):
-    """Four token layers -> one dense feature map at patch resolution x patch_size."""
+# ----------------------------------------------------------------------------- DPT (shared: pipeline.nets.dpt)
+class DPTFeatureExtractor(DPT):
+    """Four token layers -> one dense feature map at patch resolution x patch_size (feature-only DPT)."""
 
     def __init__(self, dim_in: int, patch_size: int, features: int, out_channels: Sequence[int]):
-        super().__init__()
-        self.patch_size = patch_size
-        self.norm = nn.LayerNorm(dim_in)  # one LayerNorm shared by the four layers, as released
-        self.projects = nn.ModuleList([nn.Conv2d(dim_in, c, 1) for c in out_channels])
-        self.resize_layers = nn.ModuleList(
-            [
-                nn.ConvTranspose2d(out_channels[0], out_channels[0], 4, stride=4),
-                nn.ConvTranspose2d(out_channels[1], out_channels[1], 2, stride=2),
-                nn.Identity(),
-                nn.Conv2d(out_channels[3], out_channels[3], 3, stride=2, padding=1),
-            ]
-        )
-        self.scratch = _Scratch(out_channels, features)
+        super().__init__(dim_in, patch_size=patch_size, features=features, out_channels=out_channels, output_dim=None)
 
-    def forward(self, layers: Sequence[torch.Tensor]) -> torch.Tensor:
-        """`layers`: four `[N, h, w, dim_in]` token grids -> `[N, features, h*p, w*p]`."""
-        n, h, w, _ = layers[0].shape
-        maps = []
-        for j, tokens in enumerate(layers):
-            x = self.norm(tokens).permute(0, 3, 1, 2)
-            x = self.resize_layers[j](self.projects[j](x))
-            maps.append(x)
-        s = self.scratch
-        l1, l2, l3, l4 = s.layer1_rn(maps[0]), s.layer2_rn(maps[1]), s.layer3_rn(maps[2]), s.layer4_rn(maps[3])
-        out = s.refinenet4(l4, size=l3.shape[-2:])
-        out = s.refinenet3(out, l3, size=l2.shape[-2:])
-        out = s.refinenet2(out, l2, size=l1.shape[-2:])
-        out = s.refinenet1(out, l1)
-        out = s.output_conv1(out)
-        return _resize(out, (h * self.patch_size, w * self.patch_size), align_corners=True)
+
+FeatureFusionBlock = FusionBlock
 
 
 # ----------------------------------------------------------------------------- UNet

@@ -168,10 +168,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    summary = render_sbd(
-        args.tokens, args.checkpoint, args.out, batch_size=args.batch_size, device=args.device,
-        output_placement=args.output_placement, progress=not args.quiet,
-    )
-    print(json.dumps(summary))
+    from pipeline.cli import run_stage
+
+    run_stage(render_sbd, args, names={"tokens_path": "tokens"})

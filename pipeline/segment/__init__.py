@@ -5,4 +5,4 @@ output 0, 1, 2). Backends: `sam2` (automatic masks + SAM 2 video propagation) an
 scene's own instance / part masks).
 """
 
-LEVELS = ("default", "s", "m", "l")
+from pipeline.levels import MASK_LEVELS as LEVELS  # noqa: F401  (the segment stages' name)

@@ -32,22 +32,28 @@ def gt_sources(scene: dict, scene_json: str) -> tuple[Path, Path, dict[str, dict
     for key, path in dirs.items():
         if not path.is_dir():
             raise UserError(f"gt.{key} in {scene_json} points to {path}, which is not a folder")
-    names: dict[str, dict[int, str]] = {"instance": {}, "part": {}}
-    if gt.get("objects"):
-        path = Path(gt["objects"])
-        try:
-            objects = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"gt.objects {path} is not readable JSON ({exc})") from None
-        for obj in objects:
-            names["instance"][int(obj["id"])] = str(obj["name"])
-            for part in obj.get("parts", []):
-                names["part"][int(part["id"])] = str(part["name"])
-    return dirs["instance_dir"], dirs["part_dir"], names
+    objects, parts = gt_names(Path(gt["objects"])) if gt.get("objects") else ({}, {})
+    return dirs["instance_dir"], dirs["part_dir"], {"instance": objects, "part": parts}
+
+
+def gt_names(path: Path) -> tuple[dict[int, str], dict[int, str]]:
+    """({object id: name}, {part id: name}) from a ground-truth objects.json."""
+    try:
+        records = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"gt.objects {path} is not readable JSON ({exc})") from None
+    objects, parts = {}, {}
+    for obj in records:
+        objects[int(obj["id"])] = str(obj["name"])
+        for part in obj.get("parts", []) or []:
+            parts[int(part["id"])] = str(part["name"])
+    return objects, parts
 
 
 def gt_file(folder: Path, scene: dict, t: int) -> Path:
-    """The mask file of frame t: named like the frame, else by its 1-based source index."""
+    """The mask file of stored frame t: named like the frame, else by its 1-based source index.
+
+    The one ground-truth file lookup (segmentation and feature matching both use it)."""
     candidates = []
     names = scene.get("frame_names") or []
     if t < len(names):

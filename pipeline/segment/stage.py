@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.defaults import schema_default
 from pipeline.errors import UserError
 from pipeline.segment import LEVELS
 from pipeline.segment.generator import GeneratorSettings
@@ -34,7 +35,7 @@ from pipeline.segment.tracker import TrackerSettings
 from pipeline.store import atomic_path, create_group, open_group, provenance, require_arrays, write_parquet
 
 BACKENDS = ("sam2", "gt")
-DEFAULT_MODEL_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
+DEFAULT_MODEL_CONFIG = schema_default("segment.model_config")
 
 
 def segment(
@@ -181,8 +182,6 @@ def _run_sam2(
     from tqdm import tqdm
 
     from pipeline.segment.generator import MultiLevelMaskGenerator
-    import torch
-
     from pipeline.devices import resolve_device
     from pipeline.segment.sam2_model import build_sam2_tracker
     from pipeline.segment.tracker import track
@@ -225,14 +224,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="masks.zarr to write")
     parser.add_argument("--objects", required=True, help="object table (.parquet) to write")
     parser.add_argument("--contact-sheet", required=True, help="mask overlay PNG to write")
-    parser.add_argument("--backend", choices=BACKENDS, default="sam2", help="segment.backend (default sam2)")
+    parser.add_argument("--backend", choices=BACKENDS, default=schema_default("segment.backend"), help="segment.backend")
     parser.add_argument("--model-config", default=DEFAULT_MODEL_CONFIG, help="segment.model_config: a sam2 package config")
     parser.add_argument("--checkpoint", default=None, help="segment.checkpoint: SAM 2 weights (.safetensors)")
     parser.add_argument(
         "--random-init", type=int, default=None, metavar="SEED",
         help="TESTS AND BENCHMARKS ONLY: random SAM 2 weights from SEED instead of --checkpoint",
     )  # fmt: skip
-    parser.add_argument("--device", default="auto", help="auto (a leased GPU when there is one, else cpu), cpu, cuda[:k]")
+    parser.add_argument("--device", default=schema_default("segment.device"), help="auto (a leased GPU when there is one, else cpu), cpu, cuda[:k]")
     parser.add_argument("--sheet-columns", type=int, default=6, help="frames shown in the contact sheet")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     for settings, group_name in ((GeneratorSettings, "automatic masks"), (TrackerSettings, "tracking")):
@@ -242,14 +241,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
+    from pipeline.cli import run_stage
+
     def pick(settings):
         return settings(**{f.name: getattr(args, f.name) for f in fields(settings)})
 
-    table = segment(
-        args.frames, args.scene_json, args.out, args.objects, args.contact_sheet,
-        backend=args.backend, model_config=args.model_config, checkpoint=args.checkpoint,
-        random_init=args.random_init, device=args.device, generator=pick(GeneratorSettings),
-        tracker=pick(TrackerSettings), sheet_columns=args.sheet_columns, progress=not args.no_progress,
-    )  # fmt: skip
-    counts = table.groupby("level", sort=False)["id"].count().reindex(LEVELS, fill_value=0)
-    print(json.dumps({"out": str(args.out), "objects_per_level": {k: int(v) for k, v in counts.items()}}))
+    def summary(table) -> str:
+        counts = table.groupby("level", sort=False)["id"].count().reindex(LEVELS, fill_value=0)
+        return json.dumps({"out": str(args.out), "objects_per_level": {k: int(v) for k, v in counts.items()}})
+
+    run_stage(segment, args, values={"generator": pick(GeneratorSettings), "tracker": pick(TrackerSettings)}, summary=summary)

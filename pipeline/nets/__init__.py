@@ -1,0 +1,1 @@
+"""Network parts shared by more than one model (the geometry heads and the decoder)."""
