@@ -35,7 +35,8 @@ def rule_options() -> list[tuple[str, str, str]]:
                 for key in re.findall(r'"(\w+)"', keys):
                     found.append((section, key, tuple(stages)))
     # helpers in common.smk name no shell: the stages that take their flags
-    helper_stage = {"autoencoder.{wildcards.kind}": ("autoencoder-train",), "sbd": ("train",), "evaluate": ("evaluate",)}
+    helper_stage = {"autoencoder.{wildcards.kind}": ("autoencoder-train",), "sbd": ("train",), "evaluate": ("evaluate",),
+                    "scene3d": ("scene3d",)}
     rows = []
     for section, key, stages in found:
         for stage in stages or helper_stage[section]:

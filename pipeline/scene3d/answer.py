@@ -97,16 +97,18 @@ def answer_questions(prompt_dir, objects3d, questions, out, *, vlm, device: str 
 
 
 def add_arguments(parser) -> None:
+    from pipeline.defaults import schema_default
+
     parser.add_argument("--prompt-dir", required=True, help="scene_prompt/ of the scene3d stage")
     parser.add_argument("--objects3d", required=True)
     parser.add_argument("--questions", required=True, help="JSON / YAML list of questions")
     parser.add_argument("--vlm", help="local Qwen2-VL model folder")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--device", default=schema_default("scene3d.answer.device"))
+    parser.add_argument("--max-new-tokens", type=int, default=schema_default("scene3d.answer.max_new_tokens"))
     parser.add_argument("--out", required=True, help="answers.parquet")
 
 
 def run(args) -> None:
-    table = answer_questions(args.prompt_dir, args.objects3d, args.questions, args.out, vlm=args.vlm, device=args.device,
-                             max_new_tokens=args.max_new_tokens)
-    print(f"{len(table)} questions answered -> {args.out}")
+    from pipeline.cli import run_stage
+
+    run_stage(answer_questions, args, summary=lambda table: f"{len(table)} questions answered -> {args.out}")

@@ -202,7 +202,7 @@ def read_grounding(scene: dict) -> tuple[list[dict], dict[int, np.ndarray]] | No
 
 def grounding_rows(queries, gt_boxes, cand_ids, cand_boxes, scores, *, base: dict, margin: float, min_score: float):
     """Metric rows: per query IoU / F1, and the query means Acc@k (single-target) and F1@k (all)."""
-    from pipeline.evaluate.stage import _row
+    from pipeline.evaluate.table import _row
 
     rows, ious, chance, f1s = [], [], [], {k: [] for k in THRESHOLDS}
     for qi, q in enumerate(queries):
@@ -268,7 +268,7 @@ def build_scene(
     import pandas as pd
     from PIL import Image
 
-    from pipeline.evaluate.stage import _row, metrics_frame
+    from pipeline.evaluate.table import _row, metrics_frame
     from pipeline.store import atomic_path, open_group, provenance, write_parquet
 
     s = settings
@@ -529,11 +529,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
+    from pipeline.cli import run_stage
+
     settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
-    m = build_scene(frames=args.frames, masks=args.masks, objects=args.objects, scene_json=args.scene_json,
-                    objects3d=args.objects3d, cloud=args.cloud, prompt_dir=args.prompt_dir, metrics=args.metrics,
-                    geometry=args.geometry, geometry_source=args.geometry_source, render=args.render,
-                    autoencoder=args.autoencoder, vocabulary=args.vocabulary, settings=settings, dataset=args.dataset,
-                    scene_name=args.scene_name, progress=not args.no_progress)
-    print(f"{len(m['legend'])} objects, {m['points']['raw']} points -> {m['points']['downsampled']} after downsampling, "
-          f"up from {m['up_from']}; {len(m['images'])} images in {args.prompt_dir}")
+
+    def summary(m: dict) -> str:
+        return (f"{len(m['legend'])} objects, {m['points']['raw']} points -> {m['points']['downsampled']} after "
+                f"downsampling, up from {m['up_from']}; {len(m['images'])} images in {args.prompt_dir}")
+
+    run_stage(build_scene, args, values={"settings": settings}, summary=summary)
