@@ -113,12 +113,15 @@ def read_metrics(workdir: Path) -> dict[str, float]:
     return out
 
 
-def one_run(base: Path, root: Path, cfg: dict, seed: int, threads: int, kernel: str) -> dict:
+def one_run(base: Path, root: Path, cfg: dict, seed: int, threads: int, kernel: str, keep: Path | None) -> dict:
     work = root / f"seed{seed}_t{threads}_{kernel}"
     shutil.copytree(base, work, symlinks=True)
     (work / "run.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     seconds = snakemake(work, threads, environment(kernel), "--forcerun", FIRST_RERUN_RULE)
     result = {"seed": seed, "threads": threads, "kernel": kernel, "seconds": round(seconds, 1), **read_metrics(work)}
+    if keep is not None:  # the run's whole metrics table (per-frame similarities included), for a closer look
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(next((work / "results").glob("*/*/eval/metrics.parquet")), keep / f"{work.name}.parquet")
     shutil.rmtree(work / "results", ignore_errors=True)
     print(json.dumps(result), flush=True)
     return result
@@ -142,6 +145,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--reuse", type=Path, default=None, help="a finished demo workdir (e.g. the repo after make demo)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (each uses its own --cores)")
+    parser.add_argument("--keep-metrics", type=Path, default=None, help="copy each run's metrics.parquet here")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/demo_spread.json"))
     args = parser.parse_args()
 
@@ -151,7 +155,8 @@ def main() -> None:
         root = Path(tmp)
         base = prepare_base(root, run_config(base_cfg, args.overrides, None), args.reuse)
         with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-            futures = [pool.submit(one_run, base, root, run_config(base_cfg, args.overrides, s), s, t, k) for s, t, k in combos]
+            futures = [pool.submit(one_run, base, root, run_config(base_cfg, args.overrides, s), s, t, k, args.keep_metrics)
+                       for s, t, k in combos]
             runs = [f.result() for f in futures]
     result = {"overrides": args.overrides, "runs": runs, "summary": summarise(runs)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

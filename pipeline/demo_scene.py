@@ -37,7 +37,12 @@ OBJECTS = {1: "lamp", 2: "blue ball", 3: "green box", 4: "red cup"}  # annotated
 # Regions every pixel belongs to when no object covers it, as a segmenter would return them;
 # they are ground-truth masks with names and captions, but not annotated as queries.
 BACKGROUND = {5: ("wooden floor", 51), 6: ("wall", 61)}
-STATE_PROMPTS = {"lamp": ("the lamp is switched on", "the lamp is switched off")}
+# The states are worded so the text embedder tells them apart: with all-MiniLM-L6-v2, "switched on"
+# against "switched off" alone gives a caption-to-prompt margin of 0.03-0.04 in cosine, smaller than
+# the shift that the floor pixels in a state prompt's relevancy mask cause when the chosen level
+# changes between frames (up to 0.07); "glowing" / "dark and unlit" raise the margin to 0.17.
+STATE_PROMPTS = {"lamp": ("the lamp is switched on and glowing", "the lamp is switched off and dark")}
+STATE_CAPTIONS = {"lamp": ("a desk lamp switched on, glowing with bright light", "a desk lamp switched off, dark and unlit")}
 # A lamp that is on lights itself: the shade glows and its light falls on the pole and base, so
 # every part of the object shows its state (the state caption covers the whole object).
 LAMP_ON_COLOURS = {11: (0.55, 0.48, 0.3), 12: (0.9, 0.8, 0.5), 13: (1.0, 0.88, 0.42)}
@@ -264,7 +269,8 @@ GROUNDING = [
 
 def _state_captions(t: int, n: int, layout) -> dict[int, str]:
     _, rolling = _ball_x(t, n, layout)
-    lamp = "a desk lamp switched on and shining" if t >= n // 2 else "a dark desk lamp switched off"
+    lamp_on, lamp_off = STATE_CAPTIONS["lamp"]
+    lamp = lamp_on if t >= n // 2 else lamp_off
     ball = "a blue ball rolling across the floor" if rolling else "a blue ball lying still on the floor"
     return {
         1: lamp,

@@ -33,7 +33,7 @@ def write_frames_zarr(path, n=4, h=60, w=80, seed=0):
 def test_zarr_layout_and_attrs(tmp_path):
     frames, data = write_frames_zarr(tmp_path / "frames.zarr")
     summary = compute_geometry(frames, tmp_path / "out", random_init=7, architecture=TINY, layers=[0, 1, 3],
-                               mode="stream", cache_window=2)
+                               mode="stream", cache_window=2, token_dtype="float16")
     tokens = store.open_group(tmp_path / "out" / "tokens.zarr")
     geometry = store.open_group(tmp_path / "out" / "geometry.zarr")
     H, W, h, w = 56, 70, 4, 5  # 60x80 centre-cropped to multiples of 14
@@ -185,8 +185,10 @@ def test_cli_smoke(tmp_path):
               "--heads", 2, "--patch-embed", "conv", "--layers", 0, 1, 2, 3, "--cache-window", 2, "--no-progress")
     assert ok.returncode == 0, ok.stderr
     tokens = store.open_group(tmp_path / "out" / "tokens.zarr")
-    assert sorted(tokens.array_keys()) == ["camera", "layer_00", "layer_01", "layer_02", "layer_03"]
-    assert tokens["layer_00"].shape[0] == 3
+    layers = ["layer_00", "layer_01", "layer_02", "layer_03"]
+    # the default store is int8: codes with a float16 scale per token beside them
+    assert sorted(tokens.array_keys()) == sorted(["camera", *layers, *(f"{n}_scale" for n in layers)])
+    assert str(tokens["layer_00"].dtype) == "int8" and tokens["layer_00"].shape[0] == 3
     page4d = _cli("--frames", frames, "--out", tmp_path / "page4d", "--random-init", 0, "--embed-dim", 32, "--depth", 4,
                   "--heads", 2, "--backbone", "page4d", "--page4d-mask", "--points", "--token-dtype", "int4",
                   "--mode", "offline", "--no-progress")

@@ -79,4 +79,4 @@ def test_demo_evaluation_is_well_above_chance(demo_workflow):
     assert "| demo |" in report and "**mean**" in report
     figures = sorted(p.name for p in (demo_workflow / "results/demo/demo/eval/figures").glob("*.png"))
     assert figures == ["blue_ball.png", "green_box.png", "lamp.png", "red_cup.png",
-                       "the_lamp_is_switched_off.png", "the_lamp_is_switched_on.png"]  # fmt: skip
+                       "the_lamp_is_switched_off_and_dark.png", "the_lamp_is_switched_on_and_glowing.png"]  # fmt: skip

@@ -119,7 +119,7 @@ def compute_geometry(
     backbone: str = "streamvggt",
     page4d_mask: bool = False,
     points: bool = False,
-    token_dtype: str = "float16",
+    token_dtype: str = "int8",
     cache_dtype: str | None = None,
     merge_ratio: float = 0.0,
     config_key: str = CONFIG_KEY,
