@@ -22,6 +22,7 @@ include: "rules/geometry.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/scene3d.smk"
+include: "rules/nerf.smk"
 
 
 onstart:

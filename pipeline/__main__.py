@@ -32,6 +32,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "scene3d-answer": ("pipeline.scene3d.answer", "answer questions on a scene prompt with a local Qwen2-VL -> answers.parquet"),
     "report": ("pipeline.evaluate.report", "gather per-scene metrics into cross-scene tables"),
     "view": ("pipeline.viewer.app", "serve a rendered scene in the browser: scrub time, type any text, see it in 3D"),
+    "nerf-train": ("pipeline.nerf.train", "train the generalizable radiance field (VGGT-NeRF) on tokens + cameras + frames"),
+    "nerf-render": ("pipeline.nerf.render", "render a scene's held-out frames (and a camera path) with the radiance field"),
+    "nerf-evaluate": ("pipeline.nerf.evaluate", "PSNR/SSIM/LPIPS and depth of the held-out renders, with two baselines"),
 }
 
 

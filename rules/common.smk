@@ -124,6 +124,8 @@ def scene_targets(scene):
         targets += [f"{base}/eval/metrics.parquet", f"{base}/eval/figures"]
         for kind in ("clip", "video") if video_enabled() else ("clip",):
             targets += autoencoder_artifacts(scene, kind)
+    if nerf_enabled():
+        targets += nerf_targets(scene)
     return list(dict.fromkeys(targets))
 
 
@@ -152,7 +154,7 @@ def latent_artifacts(scene, kind):
 
 def all_targets():
     targets = [path for scene in SCENES for path in scene_targets(scene)]
-    if any(has_annotations(scene) for scene in SCENES) or scene3d_enabled():
+    if any(has_annotations(scene) for scene in SCENES) or scene3d_enabled() or nerf_enabled():
         targets += [f"results/reports/metrics.{suffix}" for suffix in ("parquet", "md", "html")]
     return list(dict.fromkeys(targets))
 
@@ -269,6 +271,7 @@ def check_checkpoints(cfg):
         ("scene3d", "vocabulary"): "a text file, one object name per line",
         ("scene3d.answer", "vlm"): "a local Qwen2-VL model folder",
         ("scene3d.answer", "questions"): "a JSON or YAML list of questions",
+        ("nerf", "lpips_backbone"): "VGG16 weights (torchvision `features.N` keys) as .safetensors or .pth for LPIPS",
     }
     for (section, key), what in expected.items():
         path = config_section(cfg, section).get(key)
@@ -293,6 +296,9 @@ def check_checkpoints(cfg):
     for scene in cfg["sbd"]["scenes"] + cfg["autoencoder"]["shared_scenes"]:
         if scene not in cfg["scenes"]:
             sys.exit(f"config error: scene {scene!r} listed in sbd.scenes / autoencoder.shared_scenes is not configured")
+    for scene in cfg["nerf"]["scenes"]:
+        if scene not in cfg["scenes"]:
+            sys.exit(f"config error at `nerf.scenes`: scene {scene!r} is not configured under `scenes`")
 
 
 check_checkpoints(config)
@@ -471,3 +477,78 @@ def scene3d_flags(wildcards):
     if cfg["geometry"] != "gt":
         options += f" --geometry results/{wildcards.dataset}/{wildcards.scene}/geometry.zarr"
     return options
+
+
+# ----------------------------------------------------------------------------- novel views (VGGT-NeRF)
+def nerf_enabled():
+    return config["nerf"]["enabled"]
+
+
+def nerf_scene_inputs(wildcards):
+    """What the radiance field reads of one scene."""
+    base = scene_dir(wildcards.scene)
+    return {"frames": f"{base}/frames.zarr", "tokens": f"{base}/tokens.zarr", "scene_json": f"{base}/scene.json",
+            "geometry": f"{base}/geometry.zarr"}  # fmt: skip
+
+
+def nerf_training_scenes(wildcards):
+    return [wildcards.scene] if hasattr(wildcards, "scene") else config["nerf"]["scenes"]
+
+
+def nerf_training_inputs(wildcards):
+    scenes = nerf_training_scenes(wildcards)
+    per_scene = [nerf_scene_inputs(SimpleNamespace(scene=scene)) for scene in scenes]
+    return {name: [inputs[name] for inputs in per_scene] for name in ("frames", "tokens", "scene_json", "geometry")}
+
+
+def nerf_training_arguments(wildcards):
+    """`--frames .. --tokens .. --scene-json .. --geometry .. --name ..` once per training scene."""
+    parts = []
+    for scene in nerf_training_scenes(wildcards):
+        inputs = nerf_scene_inputs(SimpleNamespace(scene=scene))
+        parts += [f"--{name.replace('_', '-')} {path}" for name, path in inputs.items()] + [f"--name {scene}"]
+    return " ".join(parts)
+
+
+def nerf_train_flags(wildcards):
+    return flags("nerf", "holdout_every", "num_sources", "planes", "samples", "feature_dim", "volume_downscale",
+                 "cnn_channels", "net_depth", "net_width", "multires", "multires_views", "colour", "epochs", "rays",
+                 "lr", "min_lr", "cameras", "near", "far", "seed", "save_every", "device")(wildcards)  # fmt: skip
+
+
+def nerf_weights_path(scene):
+    if scene in config["nerf"]["scenes"]:
+        return "results/_all/nerf.safetensors"
+    return f"{scene_dir(scene)}/nerf/nerf.safetensors"
+
+
+def nerf_weights_for(wildcards):
+    return nerf_weights_path(wildcards.scene)
+
+
+def nerf_targets(scene):
+    """A scene's radiance field, its held-out renders, metrics and strip (and the camera path when asked)."""
+    weights = Path(nerf_weights_path(scene))
+    shared = scene in config["nerf"]["scenes"]
+    log, plot = ("nerf_log.parquet", "nerf_loss.png") if shared else ("nerf_log.parquet", "loss.png")
+    base = f"{scene_dir(scene)}/nerf"
+    targets = [str(weights), str(weights.with_name(log)), str(weights.with_name(plot)), f"{base}/render.zarr",
+               f"{base}/metrics.parquet", f"{base}/strip.png"]  # fmt: skip
+    for other in nerf_training_scenes(SimpleNamespace() if shared else SimpleNamespace(scene=scene)):
+        targets += list(nerf_scene_inputs(SimpleNamespace(scene=other)).values())
+    if config["nerf"]["path_frames"]:
+        targets.append(f"{base}/path.mp4")
+    return targets
+
+
+def nerf_metrics(wildcards):
+    return [f"{scene_dir(scene)}/nerf/metrics.parquet" for scene in SCENES] if nerf_enabled() else []
+
+
+def nerf_strips(wildcards):
+    return [f"{scene_dir(scene)}/nerf/strip.png" for scene in SCENES] if nerf_enabled() else []
+
+
+def report_metrics(wildcards):
+    """The cross-scene report's tables: each evaluated scene's, and each scene's novel-view metrics."""
+    return evaluated_metrics(wildcards) + nerf_metrics(wildcards)

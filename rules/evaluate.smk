@@ -39,7 +39,8 @@ rule evaluate:
 
 rule report:
     input:
-        evaluated_metrics,
+        metrics=report_metrics,
+        strips=nerf_strips,
     output:
         table="results/reports/metrics.parquet",
         markdown="results/reports/metrics.md",
@@ -60,4 +61,4 @@ rule report:
     conda:
         "../envs/torch.yaml"
     shell:
-        "python -m pipeline report --in {input} --out results/reports > {log} 2>&1"
+        "python -m pipeline report --in {input.metrics} --strips {input.strips} --out results/reports > {log} 2>&1"

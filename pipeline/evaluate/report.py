@@ -37,18 +37,22 @@ GEOMETRY_COLUMNS = {
     "depth": [("abs_rel", "Abs Rel", 1, 4), ("delta_1.25", "δ<1.25 (%)", 100, 2)],
     "pose": [("ate", "ATE", 1, 4), ("rpe_trans", "RPE trans", 1, 4), ("rpe_rot", "RPE rot (deg)", 1, 3)],
 }
+# novel views (pipeline.nerf.evaluate): (metric, column title, scale, decimals) per method
+NOVEL_VIEW_COLUMNS = [("psnr", "PSNR", 1, 2), ("ssim", "SSIM", 1, 3), ("lpips", "LPIPS", 1, 3)]
+NOVEL_VIEW_METHODS = ("nerf", "copy_nearest", "reproject_depth")
 TITLES = {
     "time_agnostic": "time-agnostic queries (mIoU / mAcc)",
     "time_sensitive": "time-sensitive queries (Acc / vIoU, video features)",
     "grounding": "3D grounding from the language field (ScanRefer Acc@k, Multi3DRefer F1@k)",
     "depth": "video depth",
     "pose": "camera pose (Sim(3)-aligned)",
+    "novel_view": "novel views of held-out frames (radiance field vs copied / reprojected nearest frame)",
 }
 
 
 def read_metrics(paths) -> pd.DataFrame:
     frames = []
-    seen: dict[tuple[str, str, str], Path] = {}  # per task: a scene's grounding table sits beside its metrics
+    seen: dict[tuple, Path] = {}  # per scene and task: grounding and novel-view tables sit beside the metrics
     for p in paths:
         p = Path(p)
         if not p.is_file():
@@ -57,11 +61,12 @@ def read_metrics(paths) -> pd.DataFrame:
             table = pd.read_parquet(p)
         except Exception as exc:
             raise UserError(f"{p} is not a readable Parquet table ({exc.__class__.__name__})") from None
-        if {"dataset", "scene", "task"} <= set(table.columns):
-            for key in table[["dataset", "scene", "task"]].drop_duplicates().itertuples(index=False, name=None):
+        if {"dataset", "scene"} <= set(table.columns):
+            # one table per scene and task: the evaluation's and the novel-view stage's tables sit side by side
+            keys = ["dataset", "scene"] + (["task"] if "task" in table.columns else [])
+            for key in table[keys].drop_duplicates().itertuples(index=False, name=None):
                 if key in seen:
-                    raise UserError(f"scene {key[0]}/{key[1]} ({key[2]}) appears in both {seen[key]} and {p}; "
-                                    "give one table per scene")
+                    raise UserError(f"scene {key[0]}/{key[1]} appears in both {seen[key]} and {p}; give one table per scene")
                 seen[key] = p
         frames.append(table)
     if not frames:
@@ -77,6 +82,8 @@ def _scene_values(df: pd.DataFrame, task: str, metric: str, variant: str | None)
     sel = (df.task == task) & (df.metric == metric) & (df.scene != MEAN)
     if task in LANGUAGE_COLUMNS:
         sel &= df.aggregation == "query_mean"
+    elif task == "novel_view":
+        sel &= df.aggregation == "frame_mean"
     else:
         sel &= df.aggregation == "sequence"
     if variant is not None:
@@ -91,6 +98,7 @@ def cross_scene_rows(df: pd.DataFrame) -> pd.DataFrame:
     scene_level = df[(df.scene != MEAN) & (
         (df.task.isin(list(LANGUAGE_COLUMNS)) & (df.aggregation == "query_mean"))
         | (df.task.isin(list(GEOMETRY_COLUMNS)) & (df.aggregation == "sequence"))
+        | ((df.task == "novel_view") & (df.aggregation == "frame_mean"))
     ).fillna(False)]
     for key, grp in scene_level.groupby(keys, dropna=False):
         dataset, task, metric, variant = key
@@ -153,14 +161,51 @@ def paper_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
             frame.index.name = "scene"
             frame.attrs["notes"] = [f"{NA} for {scene}: not evaluated, {why}" for scene, why in sorted(missing.items())]
             out.append((f"{dataset}: {TITLES[task]}", frame))
+        novel = novel_view_table(d, means[means.dataset == dataset])
+        if novel is not None:
+            out.append((f"{dataset}: {TITLES['novel_view']}", novel))
     return out
+
+
+def novel_view_table(d: pd.DataFrame, means: pd.DataFrame) -> pd.DataFrame | None:
+    """A row per scene (and the mean row): PSNR / SSIM / LPIPS of each method; NaN with a note is "n/a"."""
+    rows = d[((d.task == "novel_view") & (d.aggregation == "frame_mean") & (d.scene != MEAN)).fillna(False)]
+    if not len(rows):
+        return None
+    methods = [m for m in NOVEL_VIEW_METHODS if m in set(rows.variant)]
+    cols = [f"{title} [{m}]" for m in methods for _, title, _, _ in NOVEL_VIEW_COLUMNS]
+    table: dict[str, dict[str, str]] = {}
+    notes: dict[str, str] = {}
+    for r in rows.itertuples():
+        spec = next((c for c in NOVEL_VIEW_COLUMNS if c[0] == r.metric), None)
+        if spec is None or r.variant not in methods:
+            continue
+        col = f"{spec[1]} [{r.variant}]"
+        note = getattr(r, "note", None)
+        if not np.isfinite(r.value) and isinstance(note, str) and note:
+            table.setdefault(r.scene, {})[col] = NA
+            notes[f"{spec[1]} of {r.scene}"] = note
+        else:
+            table.setdefault(r.scene, {})[col] = _fmt(r.value, spec[2], spec[3])
+    for r in means[(means.task == "novel_view")].itertuples():
+        spec = next((c for c in NOVEL_VIEW_COLUMNS if c[0] == r.metric), None)
+        if spec is not None and r.variant in methods:
+            table.setdefault(MEAN, {})[f"{spec[1]} [{r.variant}]"] = _fmt(r.value, spec[2], spec[3])
+    scenes = sorted(s for s in table if s != MEAN) + ([MEAN] if MEAN in table else [])
+    frame = pd.DataFrame([[table[s].get(c, NA if c.startswith("LPIPS") else "–") for c in cols] for s in scenes],
+                         index=scenes, columns=cols)  # fmt: skip
+    frame.index.name = "scene"
+    frame.attrs["notes"] = [f"{NA} for {what}: {why}" for what, why in sorted(notes.items())]
+    return frame
 
 
 def _fmt(value, scale, decimals) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value * scale:.{decimals}f}"
 
 
-def markdown(tables) -> str:
+def markdown(tables, strips=(), out: Path | None = None) -> str:
+    import os
+
     lines = ["# Metrics", ""]
     for title, t in tables:
         lines += [f"## {title}", "", "| scene | " + " | ".join(t.columns) + " |",
@@ -171,13 +216,20 @@ def markdown(tables) -> str:
         lines.append("")
         for note in t.attrs.get("notes", []):
             lines += [note, ""]
+    if strips:
+        lines += ["## novel views: held-out / rendered / copied / reprojected", ""]
+        for title, path in strips:
+            rel = os.path.relpath(path, out) if out is not None else str(path)
+            lines += [f"![{title}]({rel})", ""]
     lines.append("Language metrics in %, means over queries per scene and unweighted over scenes; mAcc = pixel "
                  "accuracy of the predicted mask over the frame (our definition). Depth means are weighted by "
                  "valid pixels; pose means are unweighted.")
     return "\n".join(lines) + "\n"
 
 
-def html_page(tables) -> str:
+def html_page(tables, strips=()) -> str:
+    import base64
+
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Metrics</title><style>",
              "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}",
              "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th:first-child,td:first-child{text-align:left}",
@@ -191,13 +243,21 @@ def html_page(tables) -> str:
                          + "".join(f"<td>{html.escape(v)}</td>" for v in row.tolist()) + "</tr>")
         parts.append("</table>")
         parts += [f"<p class='note'>{html.escape(note)}</p>" for note in t.attrs.get("notes", [])]
+    if strips:
+        parts.append("<h2>novel views: held-out / rendered / copied / reprojected</h2>")
+        for title, path in strips:
+            data = base64.b64encode(Path(path).read_bytes()).decode()
+            parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
     parts.append("<p>Language metrics in %; mAcc = pixel accuracy of the predicted mask (our definition). "
                  "Depth means weighted by valid pixels; pose means unweighted.</p></body></html>")
     return "\n".join(parts)
 
 
-def report(inputs, out: str | Path) -> pd.DataFrame:
-    """Write metrics.parquet, metrics.md and metrics.html under `out`; return the combined table."""
+def report(inputs, out: str | Path, strips=()) -> pd.DataFrame:
+    """Write metrics.parquet, metrics.md and metrics.html under `out`; return the combined table.
+
+    `strips`: the novel-view stage's image strips (`<dataset>/<scene>/nerf/strip.png`), shown under their scene.
+    """
     from pipeline.store import atomic_path, provenance, write_parquet
 
     df = read_metrics(inputs)
@@ -211,7 +271,13 @@ def report(inputs, out: str | Path) -> pd.DataFrame:
     out = Path(out)
     prov = provenance("report", {}, {f"metrics_{i}": p for i, p in enumerate(inputs)})
     write_parquet(out / "metrics.parquet", combined, provenance=prov)
-    for name, text in (("metrics.md", markdown(tables)), ("metrics.html", html_page(tables))):
+    titled = []
+    for path in strips or ():
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"novel-view strip not found: {p}")
+        titled.append((f"{p.parent.parent.parent.name}/{p.parent.parent.name}", p))
+    for name, text in (("metrics.md", markdown(tables, titled, out)), ("metrics.html", html_page(tables, titled))):
         with atomic_path(out / name) as tmp:
             tmp.write_text(text)
     return combined
@@ -220,6 +286,7 @@ def report(inputs, out: str | Path) -> pd.DataFrame:
 def add_arguments(parser) -> None:
     parser.add_argument("--in", dest="inputs", nargs="+", required=True, help="per-scene metrics.parquet files")
     parser.add_argument("--out", required=True, help="report folder (results/reports)")
+    parser.add_argument("--strips", nargs="*", default=[], help="novel-view strips (<dataset>/<scene>/nerf/strip.png)")
 
 
 def run(args) -> None:

@@ -1,0 +1,1 @@
+"""VGGT-NeRF: a generalizable radiance field on geometry tokens (train, render, evaluate)."""
