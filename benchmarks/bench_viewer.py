@@ -12,15 +12,21 @@ update handler, then the point cloud sent to the page):
 - a frame change with a query set (decode and query), and back to the cached frame;
 - resident memory (RSS) after opening and at the end, and the feature cache's bytes.
 Writes JSON to --out (default benchmarks/results/viewer.json). Run with OMP_NUM_THREADS set to
-the threads you want measured (the JSON records torch's thread count).
+the threads you want measured (the JSON records torch's thread count). `--frames 1` measures the
+one-frame scene only; `--size` a smaller frame where the full one is too heavy for the machine.
+`--baseline DIR` first runs the same measurement on the `pipeline` package of another checkout
+(e.g. main before a change) in a subprocess, and records its numbers and the ratios beside ours.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -129,25 +135,58 @@ def measure(scene: Path, ae: Path, device: str, cache_mb: int) -> dict:
     return out
 
 
+RATIOS = ("decode_frame_s", "query_median_s", "cache_mb", "rss_end_mb", "rss_peak_mb")
+
+
+def baseline(checkout: str, args: list[str]) -> dict:
+    """This measurement on another checkout's `pipeline` (its commit recorded), in a subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "baseline.json"
+        env = {**os.environ, "PYTHONPATH": str(Path(checkout).resolve())}
+        subprocess.run([sys.executable, __file__, *args, "--out", str(out)], env=env, check=True)
+        result = json.loads(out.read_text())
+    commit = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    result["commit"] = commit.stdout.strip()
+    return result
+
+
 def main() -> None:
+    global H, W
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--size", type=int, nargs=2, default=[H, W], metavar=("H", "W"))
+    ap.add_argument("--baseline", metavar="DIR", help="a checkout whose pipeline package to measure first, for ratios")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache-mb", type=int, default=4096)
     ap.add_argument("--workdir", help="where the synthetic scenes go (default: a temporary folder)")
     ap.add_argument("--out", default="benchmarks/results/viewer.json")
     args = ap.parse_args()
+    H, W = args.size
+    import pipeline
+
+    before = None
+    if args.baseline:
+        same = ["--frames", str(args.frames), "--device", args.device, "--cache-mb", str(args.cache_mb),
+                "--size", str(H), str(W), *(["--workdir", args.workdir] if args.workdir else [])]
+        before = baseline(args.baseline, same)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         ae = autoencoder(root / "clip_autoencoder.safetensors")
         result = {"size": [H, W], "device": args.device, "torch_threads": torch.get_num_threads(),
-                  "cpu": platform.processor() or platform.machine(), "cache_budget_mb": args.cache_mb}
-        for T in (1, args.frames):
+                  "cpu": platform.processor() or platform.machine(), "cache_budget_mb": args.cache_mb,
+                  "pipeline": str(Path(pipeline.__file__).parent)}
+        for T in sorted({1, args.frames}):
             t = time.perf_counter()
             scene = write_scene(root, T)
             result[f"write_scene_{T}_frames_s"] = time.perf_counter() - t
             result[f"frames_{T}"] = measure(scene, ae, args.device, args.cache_mb)
             print(json.dumps({f"frames_{T}": result[f"frames_{T}"]}), flush=True)
+    if before is not None:
+        result["baseline"] = before
+        result["ratio_to_baseline"] = {
+            f"frames_{T}": {k: result[f"frames_{T}"][k] / before[f"frames_{T}"][k] for k in RATIOS
+                            if before.get(f"frames_{T}", {}).get(k)}
+            for T in sorted({1, args.frames})}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -76,6 +76,67 @@ def _reference(render, t: int, text: str):
     return lvls, choose_level(lvls, protocol.level_strategy)
 
 
+def test_cached_hidden_activations_score_as_plain_decode_and_cosine():
+    """The cache's exact shortcut: cos(normalize(W h + b), q) from h / |W h + b| and 1 / |W h + b|,
+    on a random autoencoder with biases, equals decoding to unit features and taking cosines."""
+    from pipeline.evaluate.encoders import ModuleDecoder, decoded_cosines, split_decoder
+    from pipeline.features.autoencoder import Autoencoder
+
+    torch.manual_seed(0)
+    ae = Autoencoder(48, [32, 3], [16, 40, 48]).eval()
+    with torch.no_grad():
+        for layer in ae.decoder:
+            if isinstance(layer, torch.nn.Linear):
+                layer.bias.normal_(0, 0.5)
+    decoder = ModuleDecoder(ae)
+    lat = torch.nn.functional.normalize(torch.randn(1000, 3), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(5, 48), dim=-1)
+    split = split_decoder(decoder)
+    assert split.weight is not None and split.weight.shape == (48, 40)
+    scaled, inv = split.scaled_hidden(lat, chunk=128)
+    assert scaled.shape == (1000, 40) and inv.shape == (1000,)
+    u, c = split.text_side(text)
+    np.testing.assert_allclose(scaled @ u + inv[:, None] * c, decoded_cosines(decoder, lat, text), rtol=0, atol=1e-6)
+    plain = split_decoder(syn.clip_decoder().decode)  # any other decoder: uncut, W = I
+    assert plain.weight is None
+    x = torch.randn(50, 3)
+    a, r = plain.scaled_hidden(x)
+    u, c = plain.text_side(text[:, :8] / text[:, :8].norm(dim=-1, keepdim=True))
+    np.testing.assert_allclose(a @ u + r[:, None] * c, decoded_cosines(syn.clip_decoder().decode, x, u.T), atol=1e-6)
+
+
+def test_viewer_relevancy_through_a_real_autoencoder_matches_the_evaluation(scene):
+    """The engine's numbers with an autoencoder file (the cut decoder) against decode + cosine."""
+    from pipeline.evaluate.encoders import TextVectors, decoded_cosines, load_decoder
+    from pipeline.evaluate.protocol import LEVELS, Protocol
+    from pipeline.evaluate.relevancy import choose_level, masks_for_level, relevancy_from_cosines
+    from pipeline.features.autoencoder import Autoencoder, save_autoencoder
+    from pipeline.viewer.relevancy import RelevancyEngine
+    from pipeline.viewer.scene import SceneData
+
+    torch.manual_seed(1)
+    ae = Autoencoder(8, [6, 3], [12, 16, 8]).eval()
+    save_autoencoder(ae, scene / "ae.safetensors", space=syn.CLIP_SPACE)
+    decoder, _, _ = load_decoder(scene / "ae.safetensors", config_key="k", what="ae")
+    clip = TextVectors(syn.clip_vectors(), syn.CLIP_SPACE)
+    protocol = Protocol(negatives=tuple(syn.NEGATIVES))
+    render = SceneData(scene).render
+    engine = RelevancyEngine(render, decoder=decoder, text_vectors=lambda texts: clip, protocol=protocol)
+    m = clip.matrix(["blue cube", *syn.NEGATIVES])
+    for t in (0, 6):
+        lvls = []
+        for lv in LEVELS:
+            x = torch.as_tensor(np.asarray(render[f"lang_{lv}"][t], dtype=np.float32))
+            cos = decoded_cosines(decoder, x.reshape(-1, x.shape[-1]), m)
+            lvls.append(masks_for_level(relevancy_from_cosines(cos[:, :1], cos[:, 1:])[:, 0].reshape(syn.H, syn.W), protocol))
+        got = engine.frame(t, "blue cube")
+        assert got.chosen == choose_level(lvls)
+        for a, b in zip(got.levels, lvls):
+            np.testing.assert_allclose(a.smoothed.numpy(), b.smoothed.numpy(), rtol=0, atol=1e-6)
+        assert np.array_equal(got.mask, lvls[got.chosen].post.numpy())
+    assert engine.cache_nbytes() == 2 * len(LEVELS) * syn.H * syn.W * (16 + 1 + 1) * 4  # h/|.|, 1/|.|, hardest negative
+
+
 def test_points_come_from_depth_and_cameras(scene):
     from pipeline.viewer.scene import SceneData
 
@@ -214,6 +275,13 @@ def test_missing_or_unrendered_scene_is_one_line_naming_what_to_run(tmp_path, ca
     assert main(["view", "--scene", "demo/half", "--results", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not rendered yet" in err[0] and "scene_half" in err[0], err
+    half = vs.write_results(tmp_path / "r2")  # rendered, but the autoencoder its latents record is gone
+    import zarr
+
+    zarr.open_group(str(half / "render.zarr"), mode="r+").attrs["clip_autoencoder"] = {"path": str(tmp_path / "gone.safetensors")}
+    assert main(["view", "--scene", str(half), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"snakemake --cores 2 {tmp_path / 'gone.safetensors'}" in err[0], err
 
 
 # ---------------------------------------------------------------------------- the command and a browser

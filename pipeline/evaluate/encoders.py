@@ -126,11 +126,68 @@ def load_decoder(path: str | Path | None, *, config_key: str, what: str, device:
     dims = json.loads(dims) if isinstance(dims, str) else dims
     latent_dim = int(dims[-1]) if dims else -1
 
-    def decode(latents: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return module.decode(latents.to(device))
+    return ModuleDecoder(module, device), space, latent_dim
 
-    return decode, space, latent_dim
+
+class ModuleDecoder:
+    """An autoencoder's `decode` as a Decoder, keeping the module so `split_decoder` can cut it."""
+
+    def __init__(self, module, device: str = "cpu"):
+        self.module = module
+        self.device = device
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.module.decode(latents.to(self.device))
+
+
+@dataclass
+class SplitDecoder:
+    """A decoder cut before its last linear layer (weight W, bias b): its unit features are
+    (W h + b) / |W h + b|, so their cosine with a unit text q is (h . W^T q + b . q) / |W h + b|.
+    Keeping h / |W h + b| and 1 / |W h + b| per pixel scores any text exactly (to float rounding)
+    with one [N, m] x [m] product, without the [N, D] features (m = 256 < D = 512 upstream)."""
+
+    hidden: Decoder  # [N, k] latents -> [N, m] activations before the last layer
+    weight: torch.Tensor | None  # [D, m]; None: the decoder's output is h itself (W = I, b = 0)
+    bias: torch.Tensor | None  # [D]
+
+    def scaled_hidden(self, latents: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h / |W h + b| [N, m], 1 / |W h + b| [N]) in float32, on the latents' device, in chunks."""
+        hs, inv = [], []
+        with torch.no_grad():
+            for i in range(0, len(latents), chunk):
+                h = self.hidden(latents[i : i + chunk].float()).float()
+                out = h if self.weight is None else torch.nn.functional.linear(h, self.weight, self.bias)
+                r = 1.0 / torch.linalg.vector_norm(out, dim=-1).clamp_min(1e-12)
+                hs.append((h * r[:, None]).to(latents.device))
+                inv.append(r.to(latents.device))
+        if not hs:
+            return torch.zeros((0, 0)), torch.zeros(0)
+        return torch.cat(hs), torch.cat(inv)
+
+    def text_side(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W^T q [m, Q], b . q [Q]) of unit texts [Q, D]: cosines = scaled_h @ W^T q + inv_norm * (b . q)."""
+        text = text.float()
+        if self.weight is None:
+            return text.T, torch.zeros(len(text), device=text.device)
+        w = self.weight.to(text.device).float()
+        b = self.bias.to(text.device).float() if self.bias is not None else torch.zeros(len(w), device=text.device)
+        return w.T @ text.T, text @ b
+
+
+def split_decoder(decoder: Decoder) -> SplitDecoder:
+    """An autoencoder's decoder cut before its last Linear; any other decoder uncut (W = I)."""
+    module = getattr(decoder, "module", None)
+    last = module.decoder[-1] if module is not None and hasattr(module, "decode_hidden") else None
+    if not isinstance(last, torch.nn.Linear):
+        return SplitDecoder(hidden=decoder, weight=None, bias=None)
+
+    def hidden(latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module.decode_hidden(latents.to(decoder.device))
+
+    return SplitDecoder(hidden=hidden, weight=last.weight.detach(), bias=None if last.bias is None else last.bias.detach())
 
 
 def decode_unit(decoder: Decoder, latents: torch.Tensor, chunk: int = 65536) -> torch.Tensor:

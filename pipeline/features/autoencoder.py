@@ -58,10 +58,15 @@ class Autoencoder(nn.Module):
             x = layer(x)
         return nn.functional.normalize(x, dim=-1, eps=1e-12)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        for layer in self.decoder:
+    def decode_hidden(self, z: torch.Tensor) -> torch.Tensor:
+        """Activations before the last Linear: `decode` is normalize(decoder[-1](decode_hidden(z))), so
+        cosines of decoded features with texts can be scored from these (`evaluate.encoders.SplitDecoder`)."""
+        for layer in self.decoder[:-1]:
             z = layer(z)
-        return nn.functional.normalize(z, dim=-1, eps=1e-12)
+        return z
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.decoder[-1](self.decode_hidden(z)), dim=-1, eps=1e-12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

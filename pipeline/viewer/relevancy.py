@@ -1,16 +1,19 @@
 """Relevancy of typed text on one rendered frame, as the evaluation computes it, fast enough to type.
 
 Decoding the latents (3 levels x H x W through the autoencoder's decoder) costs far more than
-scoring a text against the decoded features, so each frame's unit features are decoded once
-and kept in a cache bounded in bytes (float32, or float16 where one frame's float32 features
-exceed the whole budget). With them the cache keeps the frame's cosine with its hardest
-canonical negative per pixel, computed from the float32 features: LERF relevancy is the
-minimum over the negatives of softmax(t * [pos, neg_j])[0], which is reached at the largest
+scoring a text, so each frame is decoded once into a cache bounded in bytes. What is cached is
+not the 512-d unit features but the decoder's activations before its last linear layer, scaled
+by 1 / |W h + b|, and that 1 / |W h + b| (`encoders.SplitDecoder`): a text's cosine with the
+unit features is then one [HW, 256] x [256] product plus a scaled offset, exact to float
+rounding, at half the bytes and without the last layer's output ever being kept (float32, or
+float16 where one frame's float32 cache exceeds the whole budget). With them the cache keeps
+the frame's cosine with its hardest canonical negative per pixel (float32): LERF relevancy is
+the minimum over the negatives of softmax(t * [pos, neg_j])[0], which is reached at the largest
 neg_j, so `relevancy_from_cosines` against that one negative gives the same value as against
-all of them. A query is then one matrix-vector product per level, followed by the evaluation's
-own `relevancy_from_cosines`, `masks_for_level` and `choose_level`. On a GPU the cache and the
-products stay on the device. `prefetch` decodes a frame in the background (the viewer asks for
-the frame it shows), so a query typed a moment later finds the features ready.
+all of them. A query then runs the evaluation's own `relevancy_from_cosines`, `masks_for_level`
+(whose threshold masks are built only for the level that is read) and `choose_level`. On a GPU
+the cache and the products stay on the device. `prefetch` decodes a frame in the background
+(the viewer asks for the frame it shows), so a query typed a moment later finds it ready.
 
 Time-sensitive queries follow the evaluation's `video` variant (mean cosine of the decoded video
 features under the query's mask with its embedding, three-tap smoothing over the frames, the mean
@@ -32,7 +35,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import UserError
-from pipeline.evaluate.encoders import Decoder, TextVectors, decode_unit, encode_texts, load_query_embeddings, parse_space
+from pipeline.evaluate.encoders import (Decoder, TextVectors, decode_unit, encode_texts, load_query_embeddings, parse_space,
+                                        split_decoder)
 from pipeline.evaluate.protocol import LEVELS, Protocol
 from pipeline.evaluate.relevancy import LevelMasks, choose_level, masks_for_level, relevancy_from_cosines
 from pipeline.evaluate.temporal import temporal_smooth, threshold_for
@@ -71,7 +75,8 @@ class StateTrack:
 
 @dataclass
 class _Frame:
-    features: list[torch.Tensor]  # per level [HW, D] unit features (cache dtype, device)
+    scaled: list[torch.Tensor]  # per level [HW, m] h / |W h + b| (cache dtype, device)
+    inv_norm: list[torch.Tensor]  # per level [HW] float32 1 / |W h + b|
     neg_cos: list[torch.Tensor]  # per level [HW, 1] float32 cosine with the hardest negative
     nbytes: int
 
@@ -82,11 +87,12 @@ class RelevancyEngine:
     def __init__(self, render, *, decoder: Decoder, text_vectors: Callable[[list[str]], TextVectors],
                  protocol: Protocol = Protocol(), device: str = "cpu", cache_bytes: int = 4 << 30,
                  video_decoder: Decoder | None = None, e5_vectors: Callable[[list[str]], TextVectors] | None = None,
-                 chunk: int = 65536):
+                 chunk: int = 8192):
         self.render = render
         self.names = [f"lang_{lv}" for lv in LEVELS]
         self.T, self.H, self.W, self.C = render[self.names[0]].shape
         self.decoder = decoder
+        self.split = split_decoder(decoder)
         self.text_vectors = text_vectors
         self.protocol = protocol
         self.device = torch.device(device)
@@ -100,22 +106,23 @@ class RelevancyEngine:
         self._prefetch_wake = threading.Event()
         self._prefetcher: threading.Thread | None = None
         self._closed = False
-        self._texts: dict[str, torch.Tensor] = {}
+        self._texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._e5: dict[str, torch.Tensor] = {}
         self._tracks: dict[tuple[str, str], StateTrack] = {}
         self._lock = threading.RLock()
-        self.negatives = self._matrix(list(protocol.negatives))
+        self.negatives = self.split.text_side(self._matrix(list(protocol.negatives)))
         self.dtype: torch.dtype | None = None
 
     # ------------------------------------------------------------------ text
     def _matrix(self, texts: list[str]) -> torch.Tensor:
         return self.text_vectors(texts).matrix(texts).to(self.device)
 
-    def text(self, text: str) -> torch.Tensor:
-        """[D] unit vector of the text in the scene's CLIP space (cached)."""
+    def text(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W^T q [m], b . q) of the text's unit vector q in the scene's CLIP space (cached)."""
         with self._lock:
             if text not in self._texts:
-                self._texts[text] = self._matrix([text])[0]
+                u, c = self.split.text_side(self._matrix([text]))
+                self._texts[text] = (u[:, 0], c[0])
             return self._texts[text]
 
     # ------------------------------------------------------------------ per-frame features
@@ -126,17 +133,18 @@ class RelevancyEngine:
         return [x.reshape(-1, self.C) for x in lat]
 
     def _decode(self, t: int) -> _Frame:
-        feats, negs, nbytes = [], [], 0
+        scaled, inv, negs, nbytes = [], [], [], 0
         for lat in self._latents(t):
-            f = decode_unit(self.decoder, lat.to(self.device), chunk=self.chunk).to(self.device)
-            negs.append((f @ self.negatives.T).float().max(dim=-1, keepdim=True).values)
+            a, r = self.split.scaled_hidden(lat.to(self.device), chunk=self.chunk)
+            u, c = self.negatives
+            negs.append((a @ u + r[:, None] * c).max(dim=-1, keepdim=True).values)
             if self.dtype is None:
-                per_frame = 4 * f.numel() * len(self.names)
+                per_frame = 4 * a.numel() * len(self.names)
                 self.dtype = torch.float32 if per_frame <= self.cache_bytes else torch.float16
-            f = f.to(self.dtype)
-            feats.append(f)
-            nbytes += f.numel() * f.element_size() + negs[-1].numel() * 4
-        return _Frame(features=feats, neg_cos=negs, nbytes=nbytes)
+            scaled.append(a.to(self.dtype))
+            inv.append(r)
+            nbytes += scaled[-1].numel() * scaled[-1].element_size() + (r.numel() + negs[-1].numel()) * 4
+        return _Frame(scaled=scaled, inv_norm=inv, neg_cos=negs, nbytes=nbytes)
 
     def frame_features(self, t: int) -> tuple[_Frame, bool]:
         """(decoded features of frame t, whether they were cached already)."""
@@ -198,13 +206,16 @@ class RelevancyEngine:
             return sum(f.nbytes for f in self._frames.values())
 
     # ------------------------------------------------------------------ relevancy
-    def _cosines(self, feats: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        if feats.dtype == torch.float32:
-            return feats @ q
-        out = torch.empty(len(feats), dtype=torch.float32, device=feats.device)
-        for i in range(0, len(feats), self.chunk):
-            out[i : i + self.chunk] = feats[i : i + self.chunk].float() @ q
-        return out
+    def _cosines(self, scaled: torch.Tensor, inv_norm: torch.Tensor, text: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """[HW] cosines of the unit features with the text: scaled_h @ W^T q + (b . q) / |W h + b|."""
+        u, c = text
+        if scaled.dtype == torch.float32:
+            out = scaled @ u
+        else:
+            out = torch.empty(len(scaled), dtype=torch.float32, device=scaled.device)
+            for i in range(0, len(scaled), self.chunk):
+                out[i : i + self.chunk] = scaled[i : i + self.chunk].float() @ u
+        return out.add_(inv_norm * c)
 
     def frame(self, t: int, text: str, level: str = "auto") -> FrameRelevancy:
         """Smoothed relevancy, masks and the chosen level of `text` on frame t."""
@@ -212,8 +223,8 @@ class RelevancyEngine:
         q = self.text(text)
         fr, cached = self.frame_features(t)
         lvls = []
-        for feats, neg in zip(fr.features, fr.neg_cos):
-            pos = self._cosines(feats, q)[:, None]
+        for scaled, inv, neg in zip(fr.scaled, fr.inv_norm, fr.neg_cos):
+            pos = self._cosines(scaled, inv, q)[:, None]
             rel = relevancy_from_cosines(pos, neg, self.protocol.temperature)[:, 0].reshape(self.H, self.W)
             lvls.append(masks_for_level(rel.cpu(), self.protocol))
         k = choose_level(lvls, self.protocol.level_strategy) if level == "auto" else LEVELS.index(level)
@@ -304,6 +315,9 @@ def engine_for_scene(scene_dir: str | Path, render, *, autoencoder: str | None =
     ae = autoencoder or _existing(_autoencoder_from_scene(scene_dir, attrs), scene_dir)
     if ae is None:
         raise UserError(f"no CLIP autoencoder recorded for {scene_dir}; pass --autoencoder (config key `evaluate.autoencoder`)")
+    if autoencoder is None and not Path(ae).is_file():
+        raise UserError(f"the CLIP autoencoder {ae} that {scene_dir}'s latents were made with is missing: run "
+                        f"`snakemake --cores 2 {ae}` first, or pass --autoencoder")
     decoder, ae_space, _ = load_decoder(ae, config_key="evaluate.autoencoder", what="CLIP autoencoder", device=device)
     require_same_space(clip_space, ae_space, what="clip_space", other=f"the space of {ae}", log=log)
     clip_space = clip_space or ae_space
