@@ -21,6 +21,7 @@ include: "rules/features.smk"
 include: "rules/geometry.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/scene3d.smk"
 include: "rules/nerf.smk"
 
 

@@ -28,6 +28,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "render": ("pipeline.sbd.render", "render per-pixel language features with a trained decoder -> render.zarr"),
     "evaluate": ("pipeline.evaluate.stage", "the 4DLangSplat evaluation protocol -> metrics.parquet + figures"),
     "query": ("pipeline.evaluate.query", "relevancy maps and an overlay video for any text on a trained scene"),
+    "scene3d": ("pipeline.scene3d.stage", "GPT4Scene inputs: objects in 3D, cloud.ply, BEV + marked frames, 3D grounding"),
+    "scene3d-answer": ("pipeline.scene3d.answer", "answer questions on a scene prompt with a local Qwen2-VL -> answers.parquet"),
     "report": ("pipeline.evaluate.report", "gather per-scene metrics into cross-scene tables"),
     "view": ("pipeline.viewer.app", "serve a rendered scene in the browser: scrub time, type any text, see it in 3D"),
     "nerf-train": ("pipeline.nerf.train", "train the generalizable radiance field (VGGT-NeRF) on tokens + cameras + frames"),

@@ -223,6 +223,50 @@ def render_frame(t: int, n: int, parts, layout, rng: np.random.Generator):
     )
 
 
+def object_boxes(t: int, n: int, parts, layout) -> dict[int, list[float]]:
+    """Exact axis-aligned world box (centre xyz, size xyz) of each annotated object at frame t."""
+    lo: dict[int, np.ndarray] = {}
+    hi: dict[int, np.ndarray] = {}
+    ball_x, _ = _ball_x(t, n, layout)
+    for obj_id, part in parts:
+        if part.shape == "sphere":
+            (r,) = part.params
+            a, b = np.array([ball_x - r, 0.0, layout["ball_z"] - r]), np.array([ball_x + r, 2 * r, layout["ball_z"] + r])
+        elif part.shape == "cylinder":
+            x, z, r, y0, y1 = part.params
+            a, b = np.array([x - r, y0, z - r]), np.array([x + r, y1, z + r])
+        else:
+            a, b = np.array(part.params[:3]), np.array(part.params[3:])
+        lo[obj_id] = np.minimum(lo.get(obj_id, a), a)
+        hi[obj_id] = np.maximum(hi.get(obj_id, b), b)
+    return {k: [*((lo[k] + hi[k]) / 2).tolist(), *(hi[k] - lo[k]).tolist()] for k in sorted(lo)}
+
+
+def _ground_truth_boxes(n: int, parts, layout, visible: dict[int, list[bool]]) -> dict:
+    """gt/boxes.json: per object its box over the whole video (the union of its frame boxes) and per frame."""
+    frames = [object_boxes(t, n, parts, layout) for t in range(n)]
+    objects = {}
+    for k, name in OBJECTS.items():
+        boxes = np.asarray([f[k] for f in frames])
+        lo = (boxes[:, :3] - boxes[:, 3:] / 2).min(0)
+        hi = (boxes[:, :3] + boxes[:, 3:] / 2).max(0)
+        objects[str(k)] = {
+            "name": name,
+            "box": [*((lo + hi) / 2).tolist(), *(hi - lo).tolist()],
+            "frames": [f[k] for f in frames],
+            "visible": visible[k],
+        }
+    return {"box_format": "centre xyz, size xyz; world frame of gt/cameras.json (y up)", "objects": objects}
+
+
+# 3D grounding queries (ScanRefer / Multi3DRefer style): text -> ids of the objects it names
+GROUNDING = [
+    *({"query": name, "targets": [k]} for k, name in OBJECTS.items()),
+    {"query": "the lamp and the blue ball", "targets": [1, 2]},
+    {"query": "a grand piano", "targets": []},
+]
+
+
 def _state_captions(t: int, n: int, layout) -> dict[int, str]:
     _, rolling = _ball_x(t, n, layout)
     lamp_on, lamp_off = STATE_CAPTIONS["lamp"]
@@ -264,6 +308,7 @@ def make_demo_scene(out: str | os.PathLike, *, seed: int = 0, num_frames: int = 
         ids = [f"{i + 1:06d}" for i in range(num_frames)]
         intrinsics, extrinsics, captions = [], [], {str(k): [] for k in [*OBJECTS, *BACKGROUND]}
         coco_images, coco_annotations = [], []
+        visible: dict[int, list[bool]] = {k: [] for k in OBJECTS}
         category_ids = {name: k for k, name in OBJECTS.items()}
         for t, frame_id in enumerate(ids):
             rgb, obj, part, depth, (rot, centre) = render_frame(t, num_frames, parts, layout, rng)
@@ -271,6 +316,8 @@ def make_demo_scene(out: str | os.PathLike, *, seed: int = 0, num_frames: int = 
             Image.fromarray(obj.astype(np.uint16)).save(tmp / "gt/instance" / f"{frame_id}.png")
             Image.fromarray(part.astype(np.uint16)).save(tmp / "gt/part" / f"{frame_id}.png")
             np.save(tmp / "gt/depth" / f"{frame_id}.npy", depth)
+            for k in OBJECTS:
+                visible[k].append(bool((obj == k).any()))
             camera = {  # HyperNeRF camera JSON, at 1x scale (the frames are the 2x resolution)
                 "orientation": rot.tolist(),
                 "position": centre.tolist(),
@@ -329,6 +376,8 @@ def make_demo_scene(out: str | os.PathLike, *, seed: int = 0, num_frames: int = 
             "gt/objects.json": objects,
             "gt/captions.json": captions,
             "gt/cameras.json": {"intrinsics": intrinsics, "extrinsics": extrinsics},
+            "gt/boxes.json": _ground_truth_boxes(num_frames, parts, layout, visible),
+            "gt/grounding.json": GROUNDING,
             "dataset.json": {"count": num_frames, "num_exemplars": num_frames, "ids": ids, "train_ids": ids, "val_ids": []},
             "metadata.json": {fid: {"time_id": t, "warp_id": t, "appearance_id": t, "camera_id": 0} for t, fid in enumerate(ids)},
             "scene.json": {"scale": 1.0, "center": [0.0, 0.0, 0.0], "near": 0.5, "far": 8.0},

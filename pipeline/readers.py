@@ -144,6 +144,8 @@ def read_hypernerf(scene: Path, *, resolution: str = "2x") -> Source:
             "depth_dir": "gt/depth",
             "objects": "gt/objects.json",
             "captions": "gt/captions.json",
+            "boxes": "gt/boxes.json",
+            "grounding": "gt/grounding.json",
         }.items()
         if (scene / rel).exists()
     }

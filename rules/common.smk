@@ -116,6 +116,10 @@ def scene_targets(scene):
         for kind in ("clip", "video") if video_enabled() else ("clip",):
             for other in training_scenes(trained):
                 targets += latent_artifacts(other, kind)
+    if scene3d_enabled():
+        targets += [f"{base}/{name}" for name in ("objects3d.parquet", "cloud.ply", "scene_prompt", "eval/grounding.parquet")]
+        if scene3d_answers_enabled():
+            targets.append(f"{base}/answers.parquet")
     if has_annotations(scene):
         targets += [f"{base}/eval/metrics.parquet", f"{base}/eval/figures"]
         for kind in ("clip", "video") if video_enabled() else ("clip",):
@@ -150,13 +154,17 @@ def latent_artifacts(scene, kind):
 
 def all_targets():
     targets = [path for scene in SCENES for path in scene_targets(scene)]
-    if any(has_annotations(scene) for scene in SCENES) or nerf_enabled():
+    if any(has_annotations(scene) for scene in SCENES) or scene3d_enabled() or nerf_enabled():
         targets += [f"results/reports/metrics.{suffix}" for suffix in ("parquet", "md", "html")]
     return list(dict.fromkeys(targets))
 
 
 def evaluated_metrics(wildcards):
-    return [f"{scene_dir(scene)}/eval/metrics.parquet" for scene in SCENES if has_annotations(scene)]
+    """Every scene's metrics table, and its 3D grounding table when the scene3d stage runs."""
+    tables = [f"{scene_dir(scene)}/eval/metrics.parquet" for scene in SCENES if has_annotations(scene)]
+    if scene3d_enabled():
+        tables += [f"{scene_dir(scene)}/eval/grounding.parquet" for scene in SCENES]
+    return tables
 
 
 def scene_setting(key):
@@ -260,15 +268,16 @@ def check_checkpoints(cfg):
         ("autoencoder.video", "checkpoint"): "a video autoencoder as .safetensors",
         ("sbd", "checkpoint"): "Semantic Bridging Decoder weights as .safetensors",
         ("evaluate", "query_embeddings"): "an .npz of query embeddings",
+        ("scene3d", "vocabulary"): "a text file, one object name per line",
+        ("scene3d.answer", "vlm"): "a local Qwen2-VL model folder",
+        ("scene3d.answer", "questions"): "a JSON or YAML list of questions",
         ("nerf", "lpips_backbone"): "VGG16 weights (torchvision `features.N` keys) as .safetensors or .pth for LPIPS",
     }
     for (section, key), what in expected.items():
         path = config_section(cfg, section).get(key)
         if path and not Path(path).exists():
-            sys.exit(
-                f"config error at `{section}.{key}`: {path} not found (expected {what}; "
-                "a .pth/.pt file converts once with `python -m pipeline convert-checkpoint`)"
-            )
+            hint = "; a .pth/.pt file converts once with `python -m pipeline convert-checkpoint`" if "weights" in what else ""
+            sys.exit(f"config error at `{section}.{key}`: {path} not found (expected {what}{hint})")
     geo = cfg["geometry"]
     if not geo.get("checkpoint") and not geo.get("random_init"):
         sys.exit("config error at `geometry`: set `checkpoint` (real weights) or `random_init` (demo only)")
@@ -279,6 +288,11 @@ def check_checkpoints(cfg):
     video = cfg["features"]["video"]
     if video["enabled"] and video["captioner"] == "vlm" and not video.get("vlm"):
         sys.exit("config error at `features.video.vlm`: the vlm captioner needs a local Qwen2-VL model folder")
+    answer = cfg["scene3d"]["answer"]
+    if cfg["scene3d"]["enabled"] and bool(answer.get("questions")) != bool(answer.get("vlm")):
+        missing = "vlm" if answer.get("questions") else "questions"
+        sys.exit(f"config error at `scene3d.answer.{missing}`: the answer rule needs both `questions` and `vlm` "
+                 "(a local Qwen2-VL folder); set it, or unset the other to skip answering")
     for scene in cfg["sbd"]["scenes"] + cfg["autoencoder"]["shared_scenes"]:
         if scene not in cfg["scenes"]:
             sys.exit(f"config error: scene {scene!r} listed in sbd.scenes / autoencoder.shared_scenes is not configured")
@@ -423,6 +437,46 @@ def stage_code(stage):
         return stage_digest(stage)
     except CodeDigestError as exc:
         sys.exit(f"workflow error: {exc} (needed for the rule parameter `code`, which reruns changed stages)")
+
+
+# ----------------------------------------------------------------------------- scene prompts (GPT4Scene)
+def scene3d_enabled():
+    return config["scene3d"]["enabled"]
+
+
+def scene3d_answers_enabled():
+    answer = config["scene3d"]["answer"]
+    return scene3d_enabled() and bool(answer.get("questions")) and bool(answer.get("vlm"))
+
+
+def scene3d_geometry(wildcards):
+    """geometry.zarr when lifting with predicted depth and cameras; nothing with the scene's ground truth."""
+    if config["scene3d"]["geometry"] == "gt":
+        return []
+    return f"results/{wildcards.dataset}/{wildcards.scene}/geometry.zarr"
+
+
+def scene3d_vocabulary(wildcards):
+    path = config["scene3d"].get("vocabulary")
+    return [path] if path else []
+
+
+def scene3d_questions(wildcards):
+    path = config["scene3d"]["answer"].get("questions")
+    return [path] if path else []
+
+
+def scene3d_flags(wildcards):
+    cfg = config["scene3d"]
+    options = flags("scene3d", "vocabulary", "level", "num_frames", "max_side", "voxel_size", "pixel_stride",
+                    "confidence_percentile", "trim", "up_axis", "ceiling_quantile", "extent_quantile", "bev_extent",
+                    "bev_margin", "bev_size",
+                    "bev_windows", "splat_radius", "moving_threshold", "min_marker_area", "features_per_frame",
+                    "multi_margin", "min_score", "seed")(wildcards)  # fmt: skip
+    options += f" --geometry-source {cfg['geometry']}"
+    if cfg["geometry"] != "gt":
+        options += f" --geometry results/{wildcards.dataset}/{wildcards.scene}/geometry.zarr"
+    return options
 
 
 # ----------------------------------------------------------------------------- novel views (VGGT-NeRF)

@@ -121,6 +121,7 @@ def small_config() -> dict:
     cfg["autoencoder"]["clip"]["epochs"] = 10
     cfg["autoencoder"]["video"]["epochs"] = 10
     cfg["sbd"].update(epochs=4, save_every=1)
+    cfg["scene3d"]["enabled"] = False  # the scene-prompt stage is tested on the demo run (tests/test_scene3d_workflow.py)
     cfg["nerf"]["enabled"] = False  # the novel-view stage has its own tests (tests/test_nerf.py, the demo run)
     return cfg
 

@@ -36,7 +36,7 @@ def rule_options() -> list[tuple[str, str, str]]:
                     found.append((section, key, tuple(stages)))
     # helpers in common.smk name no shell: the stages that take their flags
     helper_stage = {"autoencoder.{wildcards.kind}": ("autoencoder-train",), "sbd": ("train",), "evaluate": ("evaluate",),
-                   "nerf": ("nerf-train",)}
+                    "scene3d": ("scene3d",), "nerf": ("nerf-train",)}
     rows = []
     for section, key, stages in found:
         for stage in stages or helper_stage[section]:

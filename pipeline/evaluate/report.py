@@ -29,6 +29,9 @@ NA = "n/a"
 LANGUAGE_COLUMNS = {
     "time_agnostic": [("mIoU", None, "mIoU (%)", 100, 2), ("mAcc", None, "mAcc (%)", 100, 2)],
     "time_sensitive": [("Acc", "video", "Acc (%)", 100, 2), ("vIoU", "video", "vIoU (%)", 100, 2)],
+    "grounding": [("Acc@0.25", None, "Acc@0.25 (%)", 100, 2), ("Acc@0.5", None, "Acc@0.5 (%)", 100, 2),
+                  ("F1@0.25", None, "F1@0.25 (%)", 100, 2), ("F1@0.5", None, "F1@0.5 (%)", 100, 2),
+                  ("chance_Acc@0.25", None, "random object Acc@0.25 (%)", 100, 2)],
 }
 GEOMETRY_COLUMNS = {
     "depth": [("abs_rel", "Abs Rel", 1, 4), ("delta_1.25", "δ<1.25 (%)", 100, 2)],
@@ -40,6 +43,7 @@ NOVEL_VIEW_METHODS = ("nerf", "copy_nearest", "reproject_depth")
 TITLES = {
     "time_agnostic": "time-agnostic queries (mIoU / mAcc)",
     "time_sensitive": "time-sensitive queries (Acc / vIoU, video features)",
+    "grounding": "3D grounding from the language field (ScanRefer Acc@k, Multi3DRefer F1@k)",
     "depth": "video depth",
     "pose": "camera pose (Sim(3)-aligned)",
     "novel_view": "novel views of held-out frames (radiance field vs copied / reprojected nearest frame)",
@@ -48,7 +52,7 @@ TITLES = {
 
 def read_metrics(paths) -> pd.DataFrame:
     frames = []
-    seen: dict[tuple[str, str], Path] = {}
+    seen: dict[tuple, Path] = {}  # per scene and task: grounding and novel-view tables sit beside the metrics
     for p in paths:
         p = Path(p)
         if not p.is_file():
