@@ -135,6 +135,12 @@ def test_viewer_relevancy_through_a_real_autoencoder_matches_the_evaluation(scen
             np.testing.assert_allclose(a.smoothed.numpy(), b.smoothed.numpy(), rtol=0, atol=1e-6)
         assert np.array_equal(got.mask, lvls[got.chosen].post.numpy())
     assert engine.cache_nbytes() == 2 * len(LEVELS) * syn.H * syn.W * (16 + 1 + 1) * 4  # h/|.|, 1/|.|, hardest negative
+    # a budget below one float32 frame: the scaled activations are kept in float16, one frame at a time
+    small = RelevancyEngine(render, decoder=decoder, text_vectors=lambda texts: clip, protocol=protocol, cache_bytes=1)
+    for t in (0, 6):
+        got = small.frame(t, "blue cube")
+    assert small.dtype == torch.float16 and small.cached_frames() == [6]
+    np.testing.assert_allclose(got.smoothed, lvls[got.chosen].smoothed.numpy(), rtol=0, atol=2e-3)
 
 
 def test_points_come_from_depth_and_cameras(scene):
