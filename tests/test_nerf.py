@@ -257,6 +257,28 @@ def test_render_and_evaluate_write_metrics_and_strip(clip12, tmp_path):
     assert (tmp_path / "strip.png").stat().st_size > 10_000
 
 
+def test_camera_path_video(clip12, tmp_path):
+    import av
+
+    from pipeline.nerf.render import camera_path, render_held_out, scene_for_weights
+    from pipeline.nerf.train import load_nerf
+
+    summary = train_nerf([clip12], tmp_path / "nerf.safetensors", config=SMALL, settings=_settings(epochs=1),
+                         progress=False, device="cpu")  # fmt: skip
+    _, meta = load_nerf(summary["out"])
+    scene = scene_for_weights(clip12, meta)
+    path = camera_path(scene, 5)
+    assert [round(t, 6) for t, _, _ in path[:: len(path) - 1]] == [scene.train_frames[0], scene.train_frames[-1]]
+    first = scene.extrinsics[scene.train_frames[0]]
+    assert np.allclose(path[0][2], first, atol=1e-6)  # the path starts at the first training camera
+    out = render_held_out(summary["out"], clip12, tmp_path / "render.zarr", device="cpu", progress=False, path_frames=3,
+                          path_video=tmp_path / "path.mp4")  # fmt: skip
+    assert out["path_video"] == str(tmp_path / "path.mp4")
+    with av.open(str(tmp_path / "path.mp4")) as video:
+        frames = list(video.decode(video=0))
+    assert len(frames) == 3 and (frames[0].height, frames[0].width) == (168, 224)
+
+
 # ----------------------------------------------------------------------------- the demo through snakemake
 def test_demo_novel_views_beat_the_copied_frame(demo_workflow):
     scene = demo_workflow / "results/demo/demo/nerf"
