@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,9 +94,17 @@ def snakemake_command(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "--resources=gpu=0", *args]
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1200, code: Path = REPO) -> subprocess.CompletedProcess:
-    proc = subprocess.run(snakemake_command(*args), cwd=workdir, env=workflow_env(code), capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 2400, code: Path = REPO) -> subprocess.CompletedProcess:
+    """Run snakemake; on a timeout its whole process group (the jobs too) is killed, not left running."""
+    proc = subprocess.Popen(snakemake_command(*args), cwd=workdir, env=workflow_env(code), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
