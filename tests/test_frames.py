@@ -104,7 +104,7 @@ def test_hypernerf_layout_with_cameras_and_annotations(demo_scene, tmp_path):
     truth = json.loads((demo_scene / "gt/cameras.json").read_text())
     assert np.allclose(record["cameras"]["intrinsics"][1], truth["intrinsics"][3])
     assert np.allclose(record["cameras"]["extrinsics"][1], truth["extrinsics"][3])
-    assert set(record["gt"]) == {"instance_dir", "part_dir", "depth_dir", "objects", "captions"}
+    assert set(record["gt"]) == {"instance_dir", "part_dir", "depth_dir", "objects", "captions", "boxes", "grounding"}
     assert Path(record["annotations"]["coco"]).is_file()
 
 
