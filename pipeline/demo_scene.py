@@ -40,7 +40,7 @@ BACKGROUND = {5: ("wooden floor", 51), 6: ("wall", 61)}
 # The states are worded so the text embedder tells them apart: with all-MiniLM-L6-v2, "switched on"
 # against "switched off" alone gives a caption-to-prompt margin of 0.03-0.04 in cosine, smaller than
 # the shift that the floor pixels in a state prompt's relevancy mask cause when the chosen level
-# changes between frames (up to 0.07); "glowing" / "dark and unlit" raise the margin to 0.17.
+# changes between frames (up to 0.09); "glowing" / "dark and unlit" raise the margin to 0.17.
 STATE_PROMPTS = {"lamp": ("the lamp is switched on and glowing", "the lamp is switched off and dark")}
 STATE_CAPTIONS = {"lamp": ("a desk lamp switched on, glowing with bright light", "a desk lamp switched off, dark and unlit")}
 # A lamp that is on lights itself: the shade glows and its light falls on the pole and base, so
