@@ -322,7 +322,9 @@ def _serve(scene: Path, tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, 
 
 
 def _stop(proc: subprocess.Popen) -> tuple[int, str, str]:
-    proc.send_signal(signal.SIGINT)
+    # SIGTERM, which the viewer handles itself: a shell's background job (`make test &`) starts its
+    # children with SIGINT ignored, so Ctrl-C's signal would never reach the server there
+    proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, out, err
 
