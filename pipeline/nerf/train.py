@@ -35,7 +35,7 @@ from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 from pipeline.nerf.data import CAMERA_CHOICES, SceneData, SceneSources
 from pipeline.nerf.model import COLOUR_HEADS, GeneralizableNerf, NerfConfig, camera_rays, pixel_grid, psnr_from_mse
-from pipeline.sbd.checkpointing import find_resume_point, load_train_state, plot_losses, save_decoder, save_train_state
+from pipeline.sbd.checkpointing import plot_losses, resume_or_clear, save_decoder, save_train_state
 
 CHECKPOINT_FORMAT = "langfield4d-nerf-train-state/1"
 WEIGHTS_FORMAT = "langfield4d-nerf/1"
@@ -161,19 +161,8 @@ def train_nerf(
     fingerprint = _fingerprint(settings, config, sources)
     n_steps = sum(len(s.train_frames) for s in scenes)
     total = settings.epochs * n_steps
-    start_epoch, step, seconds, log_rows, resumed_from = 0, 0, 0.0, [], None
-    if resume:
-        ckpt = find_resume_point(checkpoint_dir, fingerprint, format=CHECKPOINT_FORMAT)
-        if ckpt is not None:
-            start_epoch, step, seconds, log_rows = load_train_state(ckpt, model=model, optimizer=optimizer, scaler=None, device=dev)
-            resumed_from = str(ckpt)
-            print(f"resuming from {ckpt} (epoch {start_epoch})", flush=True)
-    if resumed_from is None and checkpoint_dir.is_dir():
-        stale = sorted(checkpoint_dir.glob("epoch_*.safetensors"))
-        if stale:
-            print(f"starting fresh: removing {len(stale)} checkpoint(s) of other settings, inputs or code in {checkpoint_dir}", flush=True)
-        for path in stale:
-            path.unlink(missing_ok=True)
+    start_epoch, step, seconds, log_rows, resumed_from = resume_or_clear(
+        checkpoint_dir, fingerprint, resume, model=model, optimizer=optimizer, scaler=None, dev=dev, format=CHECKPOINT_FORMAT)
 
     bar = tqdm(total=total, initial=step, desc="train nerf", unit="step", disable=not progress, mininterval=2.0)
     model.train()

@@ -115,6 +115,27 @@ def load_train_state(path: Path, *, model, optimizer, scaler, device) -> tuple[i
     return int(meta["epoch"]), int(meta["step"]), float(meta["seconds"]), log_rows
 
 
+def resume_or_clear(checkpoint_dir: Path, fingerprint: str, resume: bool, *, model, optimizer, scaler, dev,
+                    format: str = CHECKPOINT_FORMAT):
+    """(start epoch, step, seconds, log rows, resumed from) from the newest matching checkpoint;
+    checkpoints of another recipe (other settings, inputs or code) are removed, never resumed."""
+    start_epoch, step, seconds, log_rows = 0, 0, 0.0, []
+    resumed_from = None
+    if resume:
+        ckpt = find_resume_point(checkpoint_dir, fingerprint, format)
+        if ckpt is not None:
+            start_epoch, step, seconds, log_rows = load_train_state(ckpt, model=model, optimizer=optimizer, scaler=scaler, device=dev)
+            resumed_from = str(ckpt)
+            print(f"resuming from {ckpt} (epoch {start_epoch})", flush=True)
+    if resumed_from is None and checkpoint_dir.is_dir():
+        stale = sorted(checkpoint_dir.glob("epoch_*.safetensors"))
+        if stale:
+            print(f"starting fresh: removing {len(stale)} checkpoint(s) of other settings, inputs or code in {checkpoint_dir}", flush=True)
+        for path in stale:
+            path.unlink(missing_ok=True)
+    return start_epoch, step, seconds, log_rows, resumed_from
+
+
 def save_decoder(path: str | Path, model: SemanticBridgingDecoder, metadata: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 

@@ -23,9 +23,8 @@ from pipeline.sbd.checkpointing import (
     WEIGHTS_FORMAT,
     _checkpoint_path,
     _fingerprint,
-    find_resume_point,
-    load_train_state,
     plot_losses,
+    resume_or_clear,
     save_decoder,
     save_train_state,
 )
@@ -117,26 +116,6 @@ def _seeded_model(settings: TrainSettings, config: DecoderConfig, dev: torch.dev
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     return model, optimizer, scaler
-
-
-def _resume(checkpoint_dir: Path, fingerprint: str, resume: bool, *, model, optimizer, scaler, dev):
-    """(start epoch, step, seconds, log rows, resumed from) from the newest matching checkpoint;
-    checkpoints of another recipe (other settings, inputs or code) are removed, never resumed."""
-    start_epoch, step, seconds, log_rows = 0, 0, 0.0, []
-    resumed_from = None
-    if resume:
-        ckpt = find_resume_point(checkpoint_dir, fingerprint)
-        if ckpt is not None:
-            start_epoch, step, seconds, log_rows = load_train_state(ckpt, model=model, optimizer=optimizer, scaler=scaler, device=dev)
-            resumed_from = str(ckpt)
-            print(f"resuming from {ckpt} (epoch {start_epoch})", flush=True)
-    if resumed_from is None and checkpoint_dir.is_dir():
-        stale = sorted(checkpoint_dir.glob("epoch_*.safetensors"))
-        if stale:
-            print(f"starting fresh: removing {len(stale)} checkpoint(s) of other settings, inputs or code in {checkpoint_dir}", flush=True)
-        for path in stale:
-            path.unlink(missing_ok=True)
-    return start_epoch, step, seconds, log_rows, resumed_from
 
 
 def _train_step(model, optimizer, scaler, batch, settings: TrainSettings, dev, use_amp: bool, lr: float) -> list[float]:
@@ -239,7 +218,7 @@ def train_sbd(
     model, optimizer, scaler = _seeded_model(settings, config, dev, use_amp)
     fingerprint = _fingerprint(settings, scenes)
     n_steps = steps_per_epoch([len(d) for d in data], settings.batch_size)
-    start_epoch, step, seconds, log_rows, resumed_from = _resume(
+    start_epoch, step, seconds, log_rows, resumed_from = resume_or_clear(
         checkpoint_dir, fingerprint, resume, model=model, optimizer=optimizer, scaler=scaler, dev=dev)
     bar = tqdm(total=settings.epochs * n_steps, initial=step, desc="train sbd", unit="step", disable=not progress, mininterval=2.0)
     model.train()
