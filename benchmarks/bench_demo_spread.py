@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from _common import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "rules", "workflow", "envs")
@@ -159,9 +161,7 @@ def main() -> None:
                        for s, t, k in combos]
             runs = [f.result() for f in futures]
     result = {"overrides": args.overrides, "runs": runs, "summary": summarise(runs)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["summary"], indent=2))
+    write_result(args.out, result, echo=result["summary"])
 
 
 if __name__ == "__main__":

@@ -12,8 +12,6 @@ the JSON says so, when no CUDA device is present.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -22,6 +20,8 @@ import torch
 from pipeline.evaluate.encoders import decoded_cosines
 from pipeline.evaluate.protocol import Protocol
 from pipeline.evaluate.relevancy import _avg_pool, _avg_pool_reference, iou, masks_for_level, relevancy_from_cosines
+
+from _common import machine, write_result
 
 
 def upstream_decoder(dims=(16, 32, 64, 128, 256, 512), latent=3) -> torch.nn.Module:
@@ -88,17 +88,14 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = {"height": args.height, "width": args.width, "prompts": args.prompts, "threads": args.threads,
-              "torch": torch.__version__, "machine": platform.machine(),
+              "machine": machine(),
               "cpu": bench("cpu", args.height, args.width, args.prompts, args.repeat)}
     if torch.cuda.is_available():
         result["cuda"] = bench("cuda", args.height, args.width, args.prompts, args.repeat)
         result["cuda_device"] = torch.cuda.get_device_name(0)
     else:
         result["cuda"] = "skipped: no CUDA device"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

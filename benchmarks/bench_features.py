@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import write_result
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TINY_CLIP = {
@@ -139,10 +141,7 @@ def main(argv=None) -> int:
                                       "runs": gpu}
         else:
             result["gpu_vit_b_16"] = {"skipped": "no CUDA device on this machine"}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return 0
 
 

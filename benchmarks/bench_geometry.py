@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -42,6 +41,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -605,7 +606,7 @@ def main() -> None:
         else:
             print(json.dumps(child_long(*map(int, rest))))
         return
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}}
+    result = {"machine": machine()}
     sections = ["gpu"] if args.gpu else [s.strip() for s in args.only.split(",") if s.strip()]
     for section in sections:
         print(f"== {section}", flush=True)
@@ -628,10 +629,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in result["gpu"].items() if k != "runs"}, default=str)[:2000])
         else:
             raise SystemExit(f"unknown section {section!r}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, result, echo=False)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ depend on the content.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import resource
 import sys
 import time
@@ -30,6 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.nerf.model import GeneralizableNerf, NerfConfig, Views, camera_rays, pixel_grid  # noqa: E402
 from pipeline.nerf.render import render_view  # noqa: E402
+
+from _common import machine, write_result
 
 
 def demo_config() -> NerfConfig:
@@ -145,13 +145,11 @@ def main() -> None:
     p.add_argument("--rays", type=int, default=512, help="rays per training step on CPU (the demo's)")
     p.add_argument("--gpu", action="store_true", help="also the upstream configuration at 512x640 on CUDA")
     args = p.parse_args()
-    result = {"machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor()},
+    result = {"machine": machine(),
               "cpu_demo": cpu_section(args)}  # fmt: skip
     if args.gpu:
         result["gpu_512x640"] = gpu_section(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

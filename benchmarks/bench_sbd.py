@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +31,8 @@ from pipeline.sbd.model import SemanticBridgingDecoder  # noqa: E402
 from pipeline.sbd.train import TrainSettings, sbd_losses, train_sbd  # noqa: E402
 from pipeline.tokenstore import layer_array_name  # noqa: E402
 from sbd_synthetic import make_scene  # noqa: E402
+
+from _common import machine, write_result
 
 
 def bench_train_cpu(root: Path, args) -> dict:
@@ -157,7 +157,7 @@ def main() -> None:
         targets = bench_targets(root)
         gpu = bench_train_gpu()
     result = {
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+        "machine": machine(),
         "train_cpu_tiny": train,
         "train_gpu_full": gpu,
         "loader_tokens_demo_grid": loader_demo,
@@ -170,9 +170,7 @@ def main() -> None:
     }
     if "samples_per_s" in gpu:
         result["ratios"]["full_loader_frames_per_s_over_gpu_samples_per_s"] = loader_full["frames_per_s"] / gpu["samples_per_s"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

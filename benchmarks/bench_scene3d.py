@@ -13,8 +13,6 @@ before and after downsampling, and the peak resident memory of the process.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import resource
 import sys
 import time
@@ -27,6 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.scene3d import bev as bevmod  # noqa: E402
 from pipeline.scene3d.lift import FrameView, lift_video  # noqa: E402
+
+from _common import machine, write_result
 
 H, W, FOCAL = 536, 960, 800.0
 ROOM = (-4.0, 4.0, -3.0, 3.0, 0.0, 3.0)  # x0 x1 y0 y1 z0 z1, z up
@@ -122,12 +122,9 @@ def main() -> None:
         "bev_seconds_total": bev_s, "bev_seconds_per_frame": bev_s / n, "bev_size": [plan.height, plan.width],
         "points_before_downsampling": int(lifted.raw_points), "points_after_downsampling": int(len(lifted.points)),
         "objects_tracked": len(lifted.frame_boxes), "peak_rss_mb": peak_mb,
-        "synthesis_seconds_excluded": synth, "machine": platform.platform(), "python": platform.python_version(),
+        "synthesis_seconds_excluded": synth, "machine": machine(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

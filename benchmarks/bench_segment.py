@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ from pipeline.segment.generator import GeneratorSettings  # noqa: E402
 from pipeline.segment.stage import segment  # noqa: E402
 from pipeline.segment.tracker import TrackerSettings  # noqa: E402
 from pipeline.store import create_group, frame_array  # noqa: E402
+
+from _common import machine, write_result
 
 TEST_GENERATOR = GeneratorSettings(
     points_per_side=3, pred_iou_thresh=-1e9, stability_score_thresh=0.0, min_mask_region_area=4, nms_score_thr=0.0
@@ -88,7 +89,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     results: dict = {
-        "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": machine(),
         "cpu": {},
         "gpu": {},
     }
@@ -114,10 +115,7 @@ def main() -> None:
         results["gpu"]["skipped"] = "no CUDA device on this machine"
         print("GPU part skipped: no CUDA device", file=sys.stderr)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    write_result(args.out, results)
 
 
 if __name__ == "__main__":

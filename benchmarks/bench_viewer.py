@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from _common import machine, write_result
 
 H, W = 536, 960
 SPACE = {"kind": "bench-clip", "dim": 512}
@@ -172,8 +173,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         ae = autoencoder(root / "clip_autoencoder.safetensors")
-        result = {"size": [H, W], "device": args.device, "torch_threads": torch.get_num_threads(),
-                  "cpu": platform.processor() or platform.machine(), "cache_budget_mb": args.cache_mb,
+        result = {"size": [H, W], "device": args.device, "machine": machine(), "cache_budget_mb": args.cache_mb,
                   "pipeline": str(Path(pipeline.__file__).parent)}
         for T in sorted({1, args.frames}):
             t = time.perf_counter()
@@ -187,10 +187,7 @@ def main() -> None:
             f"frames_{T}": {k: result[f"frames_{T}"][k] / before[f"frames_{T}"][k] for k in RATIOS
                             if before.get(f"frames_{T}", {}).get(k)}
             for T in sorted({1, args.frames})}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(args.out, result, echo=False)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Run from the repository after `make demo`:  python benchmarks/bench_workflow.py 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from _common import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -56,9 +57,7 @@ def main() -> None:
               "planning_ratio": round(many / one, 2), "per_extra_scene_ms": round(1000 * (many - one) / (args.scenes - 1), 1)}  # fmt: skip
     if (REPO / "results/reports/metrics.md").exists():
         result["noop_rerun_demo_s"] = round(timed([SNAKEMAKE, "--cores", "2"], REPO), 2)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ rule evaluate:
     conda:
         "../envs/vlm.yaml"
     shell:
-        "python -m pipeline evaluate --render {input.render} --scene {input.source} --scene-json {input.scene}"
+        "python -m pipeline evaluate --render {input.render} --source {input.source} --scene-json {input.scene}"
         " --geometry {input.geometry} --autoencoder {input.autoencoder} {params.video}"
         " --dataset {wildcards.dataset} --scene-name {wildcards.scene} --out results/{wildcards.dataset}/{wildcards.scene}/eval"
         " {params.options} > {log} 2>&1"

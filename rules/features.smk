@@ -23,7 +23,7 @@ rule clip_features:
         "../envs/vlm.yaml"
     shell:
         "python -m pipeline clip-features --frames {input.frames} --masks {input.masks} --objects {input.objects}"
-        " --scene {input.scene} --out {output} {params.options} --threads {threads} --no-progress > {log} 2>&1"
+        " --scene-json {input.scene} --out {output} {params.options} --threads {threads} --no-progress > {log} 2>&1"
 
 
 rule video_features:
@@ -53,7 +53,7 @@ rule video_features:
         "../envs/vlm.yaml"
     shell:
         "python -m pipeline video-features --frames {input.frames} --masks {input.masks} --objects {input.objects}"
-        " --scene {input.scene} --out {output.features} --captions {output.captions} --cache {params.cache}"
+        " --scene-json {input.scene} --out {output.features} --captions {output.captions} --cache {params.cache}"
         " {params.options} --threads {threads} --no-progress > {log} 2>&1"
 
 

@@ -5,7 +5,7 @@ IoU and similarity is known by construction:
 - CLIP space R^8: "red ball" = e0, "blue cube" = e1, background = e2, negatives = e4..e7.
   Ball latent (1,0,0) -> e0 in levels m and l, (0.6,0,0.8) -> 0.6 e0 + 0.8 e2 in level s (so m wins);
   cube latent (0,1,0) -> e1 in every level (a tie: s, the first, wins).
-- e5 space R^4: "the ball rolls" = f0, "the ball rests" = f1; video latent (1,0) -> f0, (0,1) -> f1.
+- video text space R^4: "the ball rolls" = f0, "the ball rests" = f1; video latent (1,0) -> f0, (0,1) -> f1.
 Frames 0..9 are rendered; the ball is annotated on frames 0,2,4,6,8,10 (10 is not rendered) and
 moves 2 px a frame; the cube is annotated on 0,4,8 with its polygon shifted 5 px right of the
 rendered cube (IoU 1/3).
@@ -27,7 +27,7 @@ BALL_FRAMES = [0, 2, 4, 6, 8, 10]
 CUBE_FRAMES = [0, 4, 8]
 NEGATIVES = ["object", "things", "stuff", "texture"]
 CLIP_SPACE = {"kind": "test-clip", "dim": 8}
-E5_SPACE = {"kind": "test-e5", "dim": 4}
+VIDEO_SPACE = {"kind": "test-video-text", "dim": 4}
 ROLLING, RESTING = "the ball rolls", "the ball rests"
 
 
@@ -69,7 +69,7 @@ def clip_vectors() -> dict[str, np.ndarray]:
     return out
 
 
-def e5_vectors() -> dict[str, np.ndarray]:
+def video_text_vectors() -> dict[str, np.ndarray]:
     f = np.eye(4, dtype=np.float32)
     return {ROLLING: f[0], RESTING: f[1]}
 
@@ -102,7 +102,7 @@ def write_scene(root: Path) -> Path:
     return scene
 
 
-def write_render(path: Path, *, clip_space=CLIP_SPACE, video_space=E5_SPACE, stride: int = 1) -> Path:
+def write_render(path: Path, *, clip_space=CLIP_SPACE, video_space=VIDEO_SPACE, stride: int = 1) -> Path:
     """render.zarr at the annotation size, or subsampled by `stride` (a render smaller than the GT)."""
     from pipeline.store import create_group, frame_array
 
@@ -135,9 +135,11 @@ def write_render(path: Path, *, clip_space=CLIP_SPACE, video_space=E5_SPACE, str
     return path
 
 
-def write_query_embeddings(path: Path, *, clip_space=CLIP_SPACE, e5_space=E5_SPACE) -> Path:
-    c, e = clip_vectors(), e5_vectors()
+def write_query_embeddings(path: Path, *, clip_space=CLIP_SPACE, video_space=VIDEO_SPACE, video_prefix="video") -> Path:
+    """`video_prefix="e5"` writes the key names used before the rename."""
+    c, v = clip_vectors(), video_text_vectors()
     np.savez(path, clip_names=np.array(list(c)), clip_vectors=np.stack(list(c.values())),
-             e5_names=np.array(list(e)), e5_vectors=np.stack(list(e.values())),
-             clip_space=np.array(json.dumps(clip_space)), e5_space=np.array(json.dumps(e5_space)))
+             clip_space=np.array(json.dumps(clip_space)),
+             **{f"{video_prefix}_names": np.array(list(v)), f"{video_prefix}_vectors": np.stack(list(v.values())),
+                f"{video_prefix}_space": np.array(json.dumps(video_space))})
     return path

@@ -110,10 +110,21 @@ def test_mixing_language_spaces_is_refused(scene):
     other = syn.write_query_embeddings(tmp_path / "other.npz", clip_space={"kind": "another-clip", "dim": 8})
     with pytest.raises(UserError, match="language spaces differ"):
         _run(tmp_path, scene_dir, render, other, out="refused")
-    other_e5 = syn.write_query_embeddings(tmp_path / "other_e5.npz", e5_space={"kind": "another-e5"})
+    other_video = syn.write_query_embeddings(tmp_path / "other_video.npz", video_space={"kind": "another-video-text"})
     with pytest.raises(UserError, match="video_space"):
-        _run(tmp_path, scene_dir, render, other_e5, out="refused")
+        _run(tmp_path, scene_dir, render, other_video, out="refused")
     assert not (tmp_path / "refused" / "metrics.parquet").exists()
+
+
+def test_query_embeddings_with_the_old_e5_keys_read_the_same(tmp_path):
+    from pipeline.evaluate.encoders import load_query_embeddings
+
+    new = load_query_embeddings(syn.write_query_embeddings(tmp_path / "new.npz"))
+    old = load_query_embeddings(syn.write_query_embeddings(tmp_path / "old.npz", video_prefix="e5"))
+    for a, b in zip(new, old):
+        assert sorted(a.vectors) == sorted(b.vectors) and a.space == b.space
+        assert all(np.array_equal(a.vectors[k], b.vectors[k]) for k in a.vectors)
+    assert new[1].space == syn.VIDEO_SPACE and sorted(new[1].vectors) == sorted(syn.video_text_vectors())
 
 
 def test_frame_offset_mismatch_is_a_clear_error(scene):
@@ -133,7 +144,7 @@ def _autoencoder_files(tmp_path, monkeypatch, clip_space=syn.CLIP_SPACE):
     from safetensors.torch import save_file
 
     decoders = {"clip.safetensors": syn.clip_decoder(), "video.safetensors": syn.video_decoder()}
-    meta = {"clip.safetensors": ([3], clip_space), "video.safetensors": ([2], syn.E5_SPACE)}
+    meta = {"clip.safetensors": ([3], clip_space), "video.safetensors": ([2], syn.VIDEO_SPACE)}
     for name, dec in decoders.items():
         dims, space = meta[name]
         save_file({"basis": dec.basis.contiguous()}, str(tmp_path / name),
@@ -155,14 +166,14 @@ def test_command_line_with_autoencoder_files_and_query_embeddings(scene, monkeyp
 
     _, scene_dir, render, npz = scene
     clip_ae, video_ae = _autoencoder_files(tmp_path, monkeypatch)
-    args = ["evaluate", "--render", str(render), "--scene", str(scene_dir), "--autoencoder", str(clip_ae),
+    args = ["evaluate", "--render", str(render), "--source", str(scene_dir), "--autoencoder", str(clip_ae),
             "--video-autoencoder", str(video_ae), "--query-embeddings", str(npz), "--smooth-kernel", "1",
             "--majority-kernel", "1", "--dataset", "synthetic", "--scene-name", "toy"]
     assert cli.main([*args, "--out", str(tmp_path / "cli")]) == 0
     printed = capsys.readouterr().out
     assert "mIoU = 66.67%" in printed and "Acc [video] = 90.00%" in printed
     assert (tmp_path / "cli" / "metrics.parquet").is_file()
-    rc = cli.main(["evaluate", "--render", str(tmp_path / "missing.zarr"), "--scene", str(scene_dir),
+    rc = cli.main(["evaluate", "--render", str(tmp_path / "missing.zarr"), "--source", str(scene_dir),
                    "--autoencoder", "x", "--out", str(tmp_path / "cli2")])
     assert rc == 2 and "render not found" in capsys.readouterr().err
 

@@ -54,9 +54,9 @@ def test_demo_features_and_autoencoders(demo, capsys):
     root, scene, masks = demo
     r = str(root)
     assert cli(["clip-features", "--frames", f"{r}/frames.zarr", "--masks", f"{r}/masks.zarr", "--out",
-                f"{r}/clip_features.zarr", "--backend", "gt-text", "--scene", f"{r}/scene.json", "--no-progress"]) == 0
+                f"{r}/clip_features.zarr", "--backend", "gt-text", "--scene-json", f"{r}/scene.json", "--no-progress"]) == 0
     assert cli(["video-features", "--frames", f"{r}/frames.zarr", "--masks", f"{r}/masks.zarr", "--out",
-                f"{r}/video_features.zarr", "--captioner", "gt", "--scene", f"{r}/scene.json", "--no-progress"]) == 0
+                f"{r}/video_features.zarr", "--captioner", "gt", "--scene-json", f"{r}/scene.json", "--no-progress"]) == 0
 
     clip = read_feature_table(root / "clip_features.zarr")
     rows = np.asarray(clip.rows[...])

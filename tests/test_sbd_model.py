@@ -13,7 +13,7 @@ from pipeline.sbd.model import (
     infer_config,
     load_weights,
 )
-from pipeline.sbd.render import load_decoder
+from pipeline.sbd.render import load_sbd
 from conftest import shared_reference
 from sbd_synthetic import TINY_ARCH
 
@@ -56,7 +56,7 @@ def test_released_checkpoint_loads_after_conversion(tmp_path):
     convert_checkpoint(pth, tmp_path / "sbd_released.safetensors")
     pth.unlink()
 
-    loaded, meta = load_decoder(tmp_path / "sbd_released.safetensors")  # strict load, config read from shapes
+    loaded, meta = load_sbd(tmp_path / "sbd_released.safetensors")  # strict load, config read from shapes
     assert loaded.config == DecoderConfig()
     assert meta["layers"] == [4, 11, 17, 23]
     assert not loaded.has_video

@@ -42,10 +42,10 @@ def _engine(scene_dir, render, **kw):
     from pipeline.viewer.relevancy import RelevancyEngine
 
     clip = TextVectors(syn.clip_vectors(), syn.CLIP_SPACE)
-    e5 = TextVectors(syn.e5_vectors(), syn.E5_SPACE)
+    e5 = TextVectors(syn.video_text_vectors(), syn.VIDEO_SPACE)
     return RelevancyEngine(render, decoder=syn.clip_decoder().decode, text_vectors=lambda texts: clip,
                            protocol=Protocol(negatives=tuple(syn.NEGATIVES)), video_decoder=syn.video_decoder().decode,
-                           e5_vectors=lambda texts: e5, **kw)
+                           video_text_vectors=lambda texts: e5, **kw)
 
 
 @pytest.fixture()
@@ -107,7 +107,7 @@ def test_cached_hidden_activations_score_as_plain_decode_and_cosine():
 
 def test_viewer_relevancy_through_a_real_autoencoder_matches_the_evaluation(scene):
     """The engine's numbers with an autoencoder file (the cut decoder) against decode + cosine."""
-    from pipeline.evaluate.encoders import TextVectors, decoded_cosines, load_decoder
+    from pipeline.evaluate.encoders import TextVectors, decoded_cosines, load_autoencoder_decoder
     from pipeline.evaluate.protocol import LEVELS, Protocol
     from pipeline.evaluate.relevancy import choose_level, masks_for_level, relevancy_from_cosines
     from pipeline.features.autoencoder import Autoencoder, save_autoencoder
@@ -117,7 +117,7 @@ def test_viewer_relevancy_through_a_real_autoencoder_matches_the_evaluation(scen
     torch.manual_seed(1)
     ae = Autoencoder(8, [6, 3], [12, 16, 8]).eval()
     save_autoencoder(ae, scene / "ae.safetensors", space=syn.CLIP_SPACE)
-    decoder, _, _ = load_decoder(scene / "ae.safetensors", config_key="k", what="ae")
+    decoder, _, _ = load_autoencoder_decoder(scene / "ae.safetensors", config_key="k", what="ae")
     clip = TextVectors(syn.clip_vectors(), syn.CLIP_SPACE)
     protocol = Protocol(negatives=tuple(syn.NEGATIVES))
     render = SceneData(scene).render
@@ -208,7 +208,7 @@ def test_time_sensitive_query_colours_the_frames_where_it_holds(viewer):
         lvls, k = _reference(viewer.scene.render, t, syn.ROLLING)
         v = torch.as_tensor(np.asarray(viewer.scene.render["video"][t], dtype=np.float32))
         feats = decode_unit(syn.video_decoder().decode, v[lvls[k].pre])
-        sims.append(float((feats @ torch.as_tensor(syn.e5_vectors()[syn.ROLLING])).mean()))
+        sims.append(float((feats @ torch.as_tensor(syn.video_text_vectors()[syn.ROLLING])).mean()))
     sims = np.asarray(sims, np.float32)
     smoothed = temporal_smooth(sims, protocol.temporal_weights)
     holds = smoothed >= np.float32(threshold_for(sims, smoothed, protocol.video_threshold))

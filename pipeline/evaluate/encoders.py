@@ -84,9 +84,15 @@ def encode_texts(space: Mapping | None, texts: list[str], *, query: bool, what: 
     return TextVectors(vectors=dict(zip(texts, vecs)), space=dict(space))
 
 
+QUERY_EMBEDDING_GROUPS = {"clip": ("clip",), "video": ("video", "e5")}  # group -> npz key prefixes, newest first
+
+
 def load_query_embeddings(path: str | Path) -> tuple[TextVectors, TextVectors]:
-    """(clip, e5) vectors from an npz with `clip_names`/`clip_vectors`, `e5_names`/`e5_vectors`
-    and optionally `clip_space`/`e5_space` (JSON strings, as recorded in the render's attrs)."""
+    """(clip, video) text vectors from an npz with `clip_names`/`clip_vectors`, `video_names`/`video_vectors`
+    and optionally `clip_space`/`video_space` (JSON strings, as recorded in the render's attrs).
+
+    Files written before the rename, with `e5_names`/`e5_vectors`/`e5_space`, read the same.
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"query embeddings not found: {p} (config key `evaluate.query_embeddings`)")
@@ -95,8 +101,9 @@ def load_query_embeddings(path: str | Path) -> tuple[TextVectors, TextVectors]:
     except Exception as exc:
         raise UserError(f"{p} is not a readable npz ({exc.__class__.__name__})") from None
 
-    def group(prefix: str) -> TextVectors:
-        if f"{prefix}_names" not in data:
+    def group(prefixes: tuple[str, ...]) -> TextVectors:
+        prefix = next((k for k in prefixes if f"{k}_names" in data), None)
+        if prefix is None:
             return TextVectors(vectors={}, space=None)
         names = [str(n) for n in data[f"{prefix}_names"]]
         if f"{prefix}_vectors" not in data:
@@ -107,10 +114,10 @@ def load_query_embeddings(path: str | Path) -> tuple[TextVectors, TextVectors]:
         space = parse_space(data[f"{prefix}_space"]) if f"{prefix}_space" in data else None
         return TextVectors(vectors=dict(zip(names, vecs)), space=space)
 
-    return group("clip"), group("e5")
+    return group(QUERY_EMBEDDING_GROUPS["clip"]), group(QUERY_EMBEDDING_GROUPS["video"])
 
 
-def load_decoder(path: str | Path | None, *, config_key: str, what: str, device: str = "cpu") -> tuple[Decoder, dict | None, int]:
+def load_autoencoder_decoder(path: str | Path | None, *, config_key: str, what: str, device: str = "cpu") -> tuple[Decoder, dict | None, int]:
     """(decode function, recorded space or None, latent dim) of an autoencoder checkpoint."""
     if path is None or str(path) == "":
         raise UserError(f"no {what} configured: set `{config_key}` to a .safetensors autoencoder")
@@ -211,3 +218,6 @@ def decoded_cosines(decoder: Decoder, latents: torch.Tensor, text: torch.Tensor,
             f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             outs.append((f @ text.to(f.device).T).cpu())
     return torch.cat(outs) if outs else torch.zeros((0, text.shape[0]))
+
+
+load_decoder = load_autoencoder_decoder  # TEMP: scene3d/stage.py follows the rename when its split lands

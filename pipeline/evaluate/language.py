@@ -29,15 +29,15 @@ from pipeline.evaluate.table import _row
 from pipeline.evaluate.temporal import score_state_prompt
 
 
-def time_sensitive_gap(render, video_decoder, e5_text) -> str | None:
+def time_sensitive_gap(render, video_decoder, video_text) -> str | None:
     """Why time-sensitive queries cannot be evaluated on this render, or None when they can."""
     if "video" not in render:
         return ("the render has no `video` array: its decoder has no time-sensitive head "
                 "(the released 4DLangVGGT decoder has none)")
     if video_decoder is None:
         return "no video autoencoder given (--video-autoencoder; config `autoencoder.video`)"
-    if e5_text is None:
-        return "no embeddings of the state prompts (evaluate.query_embeddings holds no e5 vectors)"
+    if video_text is None:
+        return "no embeddings of the state prompts (evaluate.query_embeddings holds no video vectors)"
     return None
 
 
@@ -262,7 +262,7 @@ def _score_prompt(scores: _Scores, base: dict, af, prompt: str, relevancy: list[
 
 def evaluate_language(
     render, scene_dir: str | Path, *, clip_decoder: Decoder, clip_text: TextVectors,
-    video_decoder: Decoder | None = None, e5_text: TextVectors | None = None,
+    video_decoder: Decoder | None = None, video_text: TextVectors | None = None,
     protocol: Protocol = Protocol(), dataset: str = "", scene: str = "",
     figures_dir: str | Path | None = None, figure_frames: int = 3, log=print,
 ) -> list[dict]:
@@ -273,10 +273,10 @@ def evaluate_language(
     ann, names, to_render, frames, skipped = _annotated_frames(render, scene_dir, protocol, log)
     base = dict(dataset=dataset, scene=scene)
     state_of = ann.state_prompts
-    why = time_sensitive_gap(render, video_decoder, e5_text) if state_of else None
+    why = time_sensitive_gap(render, video_decoder, video_text) if state_of else None
     time_sensitive = bool(state_of) and why is None
     scores = _Scores(rows=_coverage_rows(base, frames, skipped, state_of, why, log))
-    queries = _queries(ann, clip_text, e5_text, protocol, time_sensitive)
+    queries = _queries(ann, clip_text, video_text, protocol, time_sensitive)
     panel_frames = _panel_frames(frames, figure_frames)
     for af in tqdm(frames, desc="evaluate", unit="frame", file=sys.stderr, disable=len(frames) < 5):
         t = to_render[af.frame]

@@ -24,7 +24,7 @@ from pipeline.evaluate.encoders import (
     TextVectors,
     decoded_cosines,
     encode_texts,
-    load_decoder,
+    load_autoencoder_decoder,
     load_query_embeddings,
     parse_space,
     require_same_space,
@@ -156,7 +156,7 @@ def query(
         if autoencoder is None:
             raise UserError(f"no CLIP autoencoder recorded for {scene_dir}; pass --autoencoder "
                             "(config key `evaluate.autoencoder`)")
-        decoder, ae_space, _ = load_decoder(autoencoder, config_key="evaluate.autoencoder", what="CLIP autoencoder")
+        decoder, ae_space, _ = load_autoencoder_decoder(autoencoder, config_key="evaluate.autoencoder", what="CLIP autoencoder")
         require_same_space(clip_space, ae_space, what="clip_space", other=f"the space of {autoencoder}", log=_note)
         clip_space = clip_space or ae_space
     if query_embeddings:

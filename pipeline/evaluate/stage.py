@@ -25,7 +25,7 @@ from pipeline.evaluate.encoders import (
     Decoder,
     TextVectors,
     encode_texts,
-    load_decoder,
+    load_autoencoder_decoder,
     load_query_embeddings,
     parse_space,
     require_same_space,
@@ -40,19 +40,19 @@ from pipeline.evaluate.table import COLUMNS, _row, metrics_frame, summary_lines 
 # command line.
 
 
-def resolve_queries(clip_space: dict | None, video_space: dict | None, query_embeddings, *, need_e5: bool,
+def resolve_queries(clip_space: dict | None, video_space: dict | None, query_embeddings, *, need_video_text: bool,
                     texts: list[str], states: list[str], negatives: list[str], log=print) -> tuple[TextVectors, TextVectors | None]:
     """Text vectors for the scene's queries, from an npz or the encoders the spaces name; refuses
     vectors from a different language space than the features they are compared with."""
     if query_embeddings is not None:
-        clip_text, e5_text = load_query_embeddings(query_embeddings)
+        clip_text, video_text = load_query_embeddings(query_embeddings)
         require_same_space(clip_space, clip_text.space, what="clip_space", other=f"clip_space of {query_embeddings}", log=log)
-        if need_e5 and e5_text.vectors:
-            require_same_space(video_space, e5_text.space, what="video_space", other=f"e5_space of {query_embeddings}", log=log)
-        return clip_text, (e5_text if e5_text.vectors else None)
+        if need_video_text and video_text.vectors:
+            require_same_space(video_space, video_text.space, what="video_space", other=f"video_space of {query_embeddings}", log=log)
+        return clip_text, (video_text if video_text.vectors else None)
     clip_text = encode_texts(clip_space, texts + negatives, query=False, what="clip")
-    e5_text = encode_texts(video_space, states, query=True, what="video") if need_e5 and states else None
-    return clip_text, e5_text
+    video_text = encode_texts(video_space, states, query=True, what="video") if need_video_text and states else None
+    return clip_text, video_text
 
 
 def _decoders(attrs: dict, has_video: bool, autoencoder, video_autoencoder, clip_decoder, video_decoder, device, log):
@@ -62,12 +62,12 @@ def _decoders(attrs: dict, has_video: bool, autoencoder, video_autoencoder, clip
     clip_space = parse_space(attrs.get("clip_space"))
     video_space = parse_space(attrs.get("video_space"))
     if clip_decoder is None:
-        clip_decoder, ae_space, _ = load_decoder(autoencoder, config_key="evaluate.autoencoder", what="CLIP autoencoder",
+        clip_decoder, ae_space, _ = load_autoencoder_decoder(autoencoder, config_key="evaluate.autoencoder", what="CLIP autoencoder",
                                                 device=device)
         require_same_space(clip_space, ae_space, what="clip_space", other=f"the space of {autoencoder}", log=log)
         clip_space = clip_space or ae_space
     if video_decoder is None and video_autoencoder and has_video:
-        video_decoder, vae_space, _ = load_decoder(video_autoencoder, config_key="evaluate.video_autoencoder",
+        video_decoder, vae_space, _ = load_autoencoder_decoder(video_autoencoder, config_key="evaluate.video_autoencoder",
                                                    what="video autoencoder", device=device)
         require_same_space(video_space, vae_space, what="video_space", other=f"the space of {video_autoencoder}", log=log)
         video_space = video_space or vae_space
@@ -113,14 +113,14 @@ def evaluate(
     clip_decoder, clip_space, video_decoder, video_space = _decoders(
         dict(group.attrs), has_video, autoencoder, video_autoencoder, clip_decoder, video_decoder, device, log)
     ann = coco.load_scene_annotations(scene_dir, frame_offset=protocol.frame_offset)
-    need_e5 = video_decoder is not None and bool(ann.state_prompts) and has_video
-    clip_text, e5_text = resolve_queries(clip_space, video_space, query_embeddings, need_e5=need_e5,
+    need_video_text = video_decoder is not None and bool(ann.state_prompts) and has_video
+    clip_text, video_text = resolve_queries(clip_space, video_space, query_embeddings, need_video_text=need_video_text,
                                          texts=[*ann.labels, *ann.state_prompts], states=list(ann.state_prompts),
                                          negatives=list(protocol.negatives), log=log)
     with atomic_path(out / "figures") as fig_tmp:
         fig_tmp.mkdir(parents=True)
         rows = evaluate_language(group, scene_dir, clip_decoder=clip_decoder, clip_text=clip_text,
-                                 video_decoder=video_decoder, e5_text=e5_text, protocol=protocol, dataset=dataset,
+                                 video_decoder=video_decoder, video_text=video_text, protocol=protocol, dataset=dataset,
                                  scene=scene, figures_dir=fig_tmp, figure_frames=figure_frames, log=log)
     if geometry is not None:
         if scene_json is None:
@@ -138,11 +138,11 @@ def add_arguments(parser) -> None:
     from pipeline.defaults import schema_default
 
     parser.add_argument("--render", required=True, help="render.zarr of the scene")
-    parser.add_argument("--scene", required=True, help="scene folder holding annotations/ (upstream layout)")
+    parser.add_argument("--source", required=True, help="the scene's source folder, holding annotations/ (upstream layout)")
     parser.add_argument("--autoencoder", help="CLIP-slot autoencoder (.safetensors, 4DLangSplat key layout)")
     parser.add_argument("--video-autoencoder", help="video autoencoder (.safetensors); enables time-sensitive queries")
-    parser.add_argument("--query-embeddings", help="npz with clip_names/clip_vectors and e5_names/e5_vectors "
-                        "(+ optional clip_space/e5_space JSON) instead of running text encoders")
+    parser.add_argument("--query-embeddings", help="npz with clip_names/clip_vectors and video_names/video_vectors "
+                        "(+ optional clip_space/video_space JSON; old e5_* keys also read) instead of running text encoders")
     parser.add_argument("--geometry", help="geometry.zarr: adds depth and pose metrics where GT exists")
     parser.add_argument("--scene-json", help="scene.json of the frames stage (GT depth paths and cameras)")
     parser.add_argument("--dataset", help="dataset name in the table (default: scene.json, else the scene's parent folder)")
@@ -158,5 +158,5 @@ def run(args) -> None:
 
     if not args.autoencoder:
         raise UserError("--autoencoder is required (config key `evaluate.autoencoder`)")
-    run_stage(evaluate, args, names={"scene_dir": "scene", "scene": "scene_name"}, values={"protocol": protocol_from_args(args)},
+    run_stage(evaluate, args, names={"scene_dir": "source", "scene": "scene_name"}, values={"protocol": protocol_from_args(args)},
               summary=lambda table: "\n".join(summary_lines(table)))

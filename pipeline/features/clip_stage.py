@@ -174,6 +174,23 @@ def _gt_text_features(masks, levels, space, *, scene, objects_table):
     return features, assignments, {"masks_encoded": len(assignments), "texts": names, "mask_names": names_by_mask}
 
 
+def _gt_names(scene_path, objects_path, inputs: dict):
+    """(scene.json, objects table with names or None) for gt-text; records what was read in `inputs`."""
+    from pipeline.features.inputs import read_objects, read_scene
+
+    scene = read_scene(scene_path) if scene_path else {}
+    table = read_objects(objects_path)
+    if table is not None and "name" not in table.columns:
+        table = None
+    if table is None and not scene:
+        raise UserError("backend gt-text needs object names: objects.parquet with a `name` column, or --scene-json with gt")
+    if scene_path:
+        inputs["scene"] = scene_path
+    if table is not None:
+        inputs["objects"] = objects_path
+    return scene, table
+
+
 # ----------------------------------------------------------------------------- stage
 def clip_features(
     frames_path: str | os.PathLike,
@@ -193,7 +210,7 @@ def clip_features(
 ) -> dict[str, Any]:
     """Write clip_features.zarr for one scene; return a small summary."""
     from pipeline.features.artifacts import rows_from_assignments, write_feature_table
-    from pipeline.features.inputs import objects_path_for, open_frames, open_masks, read_objects, read_scene
+    from pipeline.features.inputs import objects_path_for, open_frames_and_masks
     from pipeline.features.text import open_clip_space, resolve_device, sentence_transformers_space
     from pipeline.store import provenance
 
@@ -202,10 +219,7 @@ def clip_features(
     if batch_size < 1:
         raise UserError("batch size must be >= 1")
     device = resolve_device(device)
-    masks, levels = open_masks(masks_path)
-    frames = open_frames(frames_path)
-    if tuple(frames.shape[:3]) != (masks.shape[1], *masks.shape[2:]):
-        raise UserError(f"frames {tuple(frames.shape[:3])} and masks {tuple(masks.shape[1:])} disagree on T,H,W")
+    frames, masks, levels = open_frames_and_masks(frames_path, masks_path)
     start = time.perf_counter()
     inputs: dict[str, Any] = {"frames": frames_path, "masks": masks_path}
     checkpoints = {}
@@ -217,17 +231,7 @@ def clip_features(
         )
     else:
         space = sentence_transformers_space(embedder, config_key="features.clip.embedder")
-        objects_path = objects_path or objects_path_for(masks_path)
-        scene = read_scene(scene_path) if scene_path else {}
-        table = read_objects(objects_path)
-        if table is not None and "name" not in table.columns:
-            table = None
-        if table is None and not scene:
-            raise UserError("backend gt-text needs object names: objects.parquet with a `name` column, or --scene with gt")
-        if scene_path:
-            inputs["scene"] = scene_path
-        if table is not None:
-            inputs["objects"] = objects_path
+        scene, table = _gt_names(scene_path, objects_path or objects_path_for(masks_path), inputs)
         features, assignments, info = _gt_text_features(masks, levels, space, scene=scene, objects_table=table)
     seconds = time.perf_counter() - start
     rows = rows_from_assignments(assignments, num_levels=masks.shape[0], num_frames=masks.shape[1])
@@ -235,16 +239,9 @@ def clip_features(
     prov = provenance("clip-features", params, inputs, checkpoints=checkpoints, extra={"space": space})
     attrs = {k: v for k, v in info.items() if k in ("crop_size", "mask_names")}
     write_feature_table(out_path, features, rows, levels=levels, space=space, provenance=prov, attrs=attrs)
-    return {
-        "out": str(out_path),
-        "backend": backend,
-        "space": space,
-        "num_rows": int(features.shape[0]),
-        "masks_encoded": info["masks_encoded"],
-        "masks_skipped": info.get("masks_skipped", 0),
-        "seconds": round(seconds, 3),
-        "device": device,
-    }
+    return {"out": str(out_path), "backend": backend, "space": space, "num_rows": int(features.shape[0]),
+            "masks_encoded": info["masks_encoded"], "masks_skipped": info.get("masks_skipped", 0),
+            "seconds": round(seconds, 3), "device": device}
 
 
 def add_arguments(parser) -> None:
@@ -256,7 +253,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=schema_default("features.clip.backend"), help="features.clip.backend")
     parser.add_argument("--model", default=schema_default("features.clip.model"), help="open_clip model name or model-config JSON (features.clip.model)")
     parser.add_argument("--checkpoint", default=None, help="local .safetensors CLIP weights (features.clip.checkpoint)")
-    parser.add_argument("--scene", default=None, help="scene.json (gt-text: ground-truth names)")
+    parser.add_argument("--scene-json", default=None, help="scene.json (gt-text: ground-truth names)")
     parser.add_argument("--objects", default=None, help="objects.parquet (default: beside masks.zarr)")
     parser.add_argument("--embedder", default=schema_default("features.clip.embedder"), help="gt-text: sentence-transformers folder (features.clip.embedder)")
     parser.add_argument("--batch-size", type=int, default=schema_default("features.clip.batch_size"), help="crops per CLIP forward pass")

@@ -23,7 +23,7 @@ from pipeline.features.artifacts import LEVELS
 
 BACKGROUND_NAME = "background"  # text for a mask that overlaps no ground-truth region
 # stage parameter -> command-line option, where they differ (both feature stages)
-FEATURE_OPTIONS = {"frames_path": "frames", "masks_path": "masks", "out_path": "out", "scene_path": "scene",
+FEATURE_OPTIONS = {"frames_path": "frames", "masks_path": "masks", "out_path": "out", "scene_path": "scene_json",
                    "objects_path": "objects"}
 
 
@@ -44,6 +44,15 @@ def open_masks(path: str | os.PathLike):
     return masks, levels
 
 
+def open_frames_and_masks(frames_path, masks_path):
+    """(frames, masks, mask levels), refusing frames and masks of different T,H,W."""
+    masks, levels = open_masks(masks_path)
+    frames = open_frames(frames_path)
+    if tuple(frames.shape[:3]) != (masks.shape[1], *masks.shape[2:]):
+        raise UserError(f"frames {tuple(frames.shape[:3])} and masks {tuple(masks.shape[1:])} disagree on T,H,W")
+    return frames, masks, levels
+
+
 def level_index(levels: list[str], level: str) -> int:
     if level not in levels:
         raise UserError(f"masks have no level {level!r} (levels: {levels})")
@@ -52,7 +61,7 @@ def level_index(levels: list[str], level: str) -> int:
 
 def read_scene(path: str | os.PathLike | None, *, what: str = "scene.json") -> dict[str, Any]:
     if path is None:
-        raise UserError(f"{what} is required by this backend (pass --scene)")
+        raise UserError(f"{what} is required by this backend (pass --scene-json)")
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} not found: {p}")

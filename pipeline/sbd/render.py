@@ -40,7 +40,7 @@ def _meta_json(meta: dict[str, str], key: str, default=None):
         return raw
 
 
-def load_decoder(path: str | Path, *, patch_size: int = 14, config_key: str = "sbd.checkpoint", device="cpu"):
+def load_sbd(path: str | Path, *, patch_size: int = 14, config_key: str = "sbd.checkpoint", device="cpu"):
     """(model in eval mode, metadata dict) from a safetensors decoder checkpoint."""
     state = load_state_dict(path, config_key=config_key, what="Semantic Bridging Decoder")
     raw = checkpoint_metadata(path)
@@ -85,6 +85,61 @@ def _placement(recorded: str | None, requested: str | None, checkpoint) -> str:
     return requested or recorded or "resize"
 
 
+def _check_tokens_fit(meta: dict, cfg, tokens: TokenReader, checkpoint, tokens_path) -> None:
+    if [int(k) for k in meta["layers"]] != tokens.layers:
+        raise UserError(
+            f"{checkpoint} was trained on token layers {meta['layers']} but {tokens_path} holds layers {tokens.layers} "
+            "(tokens.zarr attrs `layers`)"
+        )
+    if cfg.dim_in != tokens.dim_in:
+        raise UserError(f"{checkpoint} expects {cfg.dim_in}-wide tokens; {tokens_path} has {tokens.dim_in}")
+
+
+def _render_arrays(group, model, T: int, H: int, W: int) -> dict:
+    cfg = model.config
+    arrays = {f"lang_{lv}": store.frame_array(group, f"lang_{lv}", (T, H, W, cfg.lang_dim), "float16") for lv in LEVELS}
+    if model.has_video:
+        arrays["video"] = store.frame_array(group, "video", (T, H, W, cfg.video_dim), "float16")
+    arrays["rgb"] = store.frame_array(group, "rgb", (T, H, W, 3), "float16")
+    return arrays
+
+
+def _decode_frames(model, tokens: TokenReader, arrays: dict, box, dev, batch_size: int, progress: bool) -> None:
+    """Decode every frame in batches and write each head's output, placed in the full frame."""
+    from tqdm.auto import tqdm
+
+    H, W = tokens.frame_hw
+    T = tokens.num_frames
+    with torch.inference_mode():
+        for t0 in tqdm(range(0, T, batch_size), desc="render sbd", unit="batch", disable=not progress, mininterval=2.0):
+            frames = list(range(t0, min(T, t0 + batch_size)))
+            layers = [x.to(dev).float() for x in tokens.read(frames)]
+            pred = model(layers, box[2:])
+            outputs = {f"lang_{lv}": pred["lang"][:, i] for i, lv in enumerate(LEVELS)}
+            outputs["rgb"] = pred["rgb"]
+            if "video" in pred:
+                outputs["video"] = pred["video"]
+            for name, value in outputs.items():
+                full = place_in_frame(value, box, (H, W)).permute(0, 2, 3, 1)
+                arrays[name][t0 : t0 + len(frames)] = full.to(torch.float16).cpu().numpy()
+
+
+def _render_attrs(model, meta: dict, tokens: TokenReader, placement: str, box, prov: dict) -> dict:
+    return {
+        "frame_names": tokens.frame_names,
+        "source_indices": [int(i) for i in tokens.source_indices],
+        "clip_space": meta.get("clip_space"),
+        "video_space": meta.get("video_space") if model.has_video else None,
+        "levels": list(LEVELS),
+        "lang_dim": model.config.lang_dim,
+        "video_dim": model.config.video_dim,
+        "crop_box": list(tokens.crop_box()),
+        "output_placement": placement,
+        "output_box": list(box),
+        "provenance": prov,
+    }
+
+
 def render_sbd(
     tokens_path: str | Path,
     checkpoint: str | Path,
@@ -97,19 +152,10 @@ def render_sbd(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Render every frame of `tokens_path`; `output_placement` None = the one the weights record."""
-    from tqdm.auto import tqdm
-
     dev = torch.device(resolve_device(device))
     tokens = TokenReader(tokens_path)
-    model, meta = load_decoder(checkpoint, patch_size=tokens.patch_size, config_key=config_key, device=dev)
-    cfg = model.config
-    if [int(k) for k in meta["layers"]] != tokens.layers:
-        raise UserError(
-            f"{checkpoint} was trained on token layers {meta['layers']} but {tokens_path} holds layers {tokens.layers} "
-            "(tokens.zarr attrs `layers`)"
-        )
-    if cfg.dim_in != tokens.dim_in:
-        raise UserError(f"{checkpoint} expects {cfg.dim_in}-wide tokens; {tokens_path} has {tokens.dim_in}")
+    model, meta = load_sbd(checkpoint, patch_size=tokens.patch_size, config_key=config_key, device=dev)
+    _check_tokens_fit(meta, model.config, tokens, checkpoint, tokens_path)
     placement = _placement(meta.get("output_placement"), output_placement, checkpoint)
     box = tokens.output_box(placement)
     H, W = tokens.frame_hw
@@ -120,37 +166,9 @@ def render_sbd(
 
     with store.atomic_path(out) as tmp:
         group = store.create_group(tmp)
-        arrays = {f"lang_{lv}": store.frame_array(group, f"lang_{lv}", (T, H, W, cfg.lang_dim), "float16") for lv in LEVELS}
-        if model.has_video:
-            arrays["video"] = store.frame_array(group, "video", (T, H, W, cfg.video_dim), "float16")
-        arrays["rgb"] = store.frame_array(group, "rgb", (T, H, W, 3), "float16")
-        with torch.inference_mode():
-            for t0 in tqdm(range(0, T, batch_size), desc="render sbd", unit="batch", disable=not progress, mininterval=2.0):
-                frames = list(range(t0, min(T, t0 + batch_size)))
-                layers = [x.to(dev).float() for x in tokens.read(frames)]
-                pred = model(layers, box[2:])
-                outputs = {f"lang_{lv}": pred["lang"][:, i] for i, lv in enumerate(LEVELS)}
-                outputs["rgb"] = pred["rgb"]
-                if "video" in pred:
-                    outputs["video"] = pred["video"]
-                for name, value in outputs.items():
-                    full = place_in_frame(value, box, (H, W)).permute(0, 2, 3, 1)
-                    arrays[name][t0 : t0 + len(frames)] = full.to(torch.float16).cpu().numpy()
-        group.attrs.update(
-            {
-                "frame_names": tokens.frame_names,
-                "source_indices": [int(i) for i in tokens.source_indices],
-                "clip_space": meta.get("clip_space"),
-                "video_space": meta.get("video_space") if model.has_video else None,
-                "levels": list(LEVELS),
-                "lang_dim": cfg.lang_dim,
-                "video_dim": cfg.video_dim,
-                "crop_box": list(tokens.crop_box()),
-                "output_placement": placement,
-                "output_box": list(box),
-                "provenance": prov,
-            }
-        )
+        arrays = _render_arrays(group, model, T, H, W)
+        _decode_frames(model, tokens, arrays, box, dev, batch_size, progress)
+        group.attrs.update(_render_attrs(model, meta, tokens, placement, box, prov))
     return {"out": str(out), "frames": T, "size": [H, W], "arrays": sorted(arrays), "crop_box": list(tokens.crop_box()),
             "output_placement": placement}
 

@@ -86,7 +86,7 @@ class RelevancyEngine:
 
     def __init__(self, render, *, decoder: Decoder, text_vectors: Callable[[list[str]], TextVectors],
                  protocol: Protocol = Protocol(), device: str = "cpu", cache_bytes: int = 4 << 30,
-                 video_decoder: Decoder | None = None, e5_vectors: Callable[[list[str]], TextVectors] | None = None,
+                 video_decoder: Decoder | None = None, video_text_vectors: Callable[[list[str]], TextVectors] | None = None,
                  chunk: int = 8192):
         self.render = render
         self.names = [f"lang_{lv}" for lv in LEVELS]
@@ -98,7 +98,7 @@ class RelevancyEngine:
         self.device = torch.device(device)
         self.cache_bytes = int(cache_bytes)
         self.video_decoder = video_decoder if "video" in render else None
-        self.e5_vectors = e5_vectors
+        self.video_text_vectors = video_text_vectors
         self.chunk = chunk
         self._frames: OrderedDict[int, _Frame] = OrderedDict()
         self._inflight: dict[int, threading.Event] = {}
@@ -107,7 +107,7 @@ class RelevancyEngine:
         self._prefetcher: threading.Thread | None = None
         self._closed = False
         self._texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._e5: dict[str, torch.Tensor] = {}
+        self._video_text: dict[str, torch.Tensor] = {}
         self._tracks: dict[tuple[str, str], StateTrack] = {}
         self._lock = threading.RLock()
         self.negatives = self.split.text_side(self._matrix(list(protocol.negatives)))
@@ -234,7 +234,7 @@ class RelevancyEngine:
     # ------------------------------------------------------------------ time-sensitive
     @property
     def state_variant(self) -> str:
-        return "video" if self.video_decoder is not None and self.e5_vectors is not None else "clip"
+        return "video" if self.video_decoder is not None and self.video_text_vectors is not None else "clip"
 
     def track(self, text: str, progress: Callable[[int, int], None] | None = None) -> StateTrack:
         """The frames where a time-sensitive `text` holds (every rendered frame is scored)."""
@@ -245,9 +245,9 @@ class RelevancyEngine:
                 return self._tracks[key]
         e5 = None
         if variant == "video":
-            if text not in self._e5:
-                self._e5[text] = self.e5_vectors([text]).matrix([text])[0]
-            e5 = self._e5[text]
+            if text not in self._video_text:
+                self._video_text[text] = self.video_text_vectors([text]).matrix([text])[0]
+            e5 = self._video_text[text]
         sims = np.zeros(self.T, np.float32)
         for t in range(self.T):
             rel = self.frame(t, text)
@@ -305,7 +305,7 @@ def engine_for_scene(scene_dir: str | Path, render, *, autoencoder: str | None =
     """An engine in the scene's language space: the autoencoder its latents were made with and the
     encoder its space names (as `python -m pipeline query` resolves them), or precomputed vectors
     (an npz, or a `text_vectors` callable)."""
-    from pipeline.evaluate.encoders import load_decoder, require_same_space
+    from pipeline.evaluate.encoders import load_autoencoder_decoder, require_same_space
     from pipeline.evaluate.query import _autoencoder_from_scene, latents_autoencoder
 
     scene_dir = Path(scene_dir)
@@ -318,26 +318,26 @@ def engine_for_scene(scene_dir: str | Path, render, *, autoencoder: str | None =
     if autoencoder is None and not Path(ae).is_file():
         raise UserError(f"the CLIP autoencoder {ae} that {scene_dir}'s latents were made with is missing: run "
                         f"`snakemake --cores 2 {ae}` first, or pass --autoencoder")
-    decoder, ae_space, _ = load_decoder(ae, config_key="evaluate.autoencoder", what="CLIP autoencoder", device=device)
+    decoder, ae_space, _ = load_autoencoder_decoder(ae, config_key="evaluate.autoencoder", what="CLIP autoencoder", device=device)
     require_same_space(clip_space, ae_space, what="clip_space", other=f"the space of {ae}", log=log)
     clip_space = clip_space or ae_space
     video_decoder = None
     if "video" in render:
         vae = video_autoencoder or _existing(latents_autoencoder(scene_dir, "video"), scene_dir)
         if vae and Path(vae).is_file():
-            video_decoder, vae_space, _ = load_decoder(vae, config_key="evaluate.video_autoencoder",
+            video_decoder, vae_space, _ = load_autoencoder_decoder(vae, config_key="evaluate.video_autoencoder",
                                                        what="video autoencoder", device=device)
             require_same_space(video_space, vae_space, what="video_space", other=f"the space of {vae}", log=log)
             video_space = video_space or vae_space
     if text_vectors is not None:  # given vectors (benchmarks, notebooks)
-        clip_fn, e5_fn = text_vectors, None
+        clip_fn, video_text_fn = text_vectors, None
     elif query_embeddings:
-        clip_npz, e5_npz = load_query_embeddings(query_embeddings)
+        clip_npz, video_npz = load_query_embeddings(query_embeddings)
         require_same_space(clip_space, clip_npz.space, what="clip_space", other=f"clip_space of {query_embeddings}", log=log)
         clip_fn = lambda texts: clip_npz  # noqa: E731  (only the npz's names can be asked)
-        e5_fn = (lambda texts: e5_npz) if e5_npz.vectors else None  # noqa: E731
+        video_text_fn = (lambda texts: video_npz) if video_npz.vectors else None  # noqa: E731
     else:
         clip_fn = lambda texts: encode_texts(clip_space, texts, query=False, what="clip")  # noqa: E731
-        e5_fn = (lambda texts: encode_texts(video_space, texts, query=True, what="video")) if video_space else None  # noqa: E731
+        video_text_fn = (lambda texts: encode_texts(video_space, texts, query=True, what="video")) if video_space else None  # noqa: E731
     return RelevancyEngine(render, decoder=decoder, text_vectors=clip_fn, protocol=protocol, device=device,
-                           cache_bytes=cache_bytes, video_decoder=video_decoder, e5_vectors=e5_fn)
+                           cache_bytes=cache_bytes, video_decoder=video_decoder, video_text_vectors=video_text_fn)
