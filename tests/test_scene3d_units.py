@@ -200,7 +200,7 @@ def test_answer_normalisation_and_exact_match():
 
 
 def test_grounding_rows_score_chosen_boxes():
-    from pipeline.scene3d.stage import grounding_rows
+    from pipeline.scene3d.grounding import grounding_rows
 
     gt = {1: np.array([0, 0, 0, 1, 1, 1.0]), 2: np.array([5, 0, 0, 1, 1, 1.0])}
     cand_ids, cand_boxes = [10, 11, 12], [np.array([0.1, 0, 0, 1, 1, 1.0]), np.array([5, 0, 0, 1, 1, 1.0]),

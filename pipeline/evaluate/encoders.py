@@ -219,5 +219,3 @@ def decoded_cosines(decoder: Decoder, latents: torch.Tensor, text: torch.Tensor,
             outs.append((f @ text.to(f.device).T).cpu())
     return torch.cat(outs) if outs else torch.zeros((0, text.shape[0]))
 
-
-load_decoder = load_autoencoder_decoder  # TEMP: scene3d/stage.py follows the rename when its split lands

@@ -1,11 +1,18 @@
 """3D grounding scores on axis-aligned boxes (centre xyz, size xyz), as ScanRefer and Multi3DRefer
 score them: IoU of the chosen box with the ground truth, Acc@k = share of queries with IoU >= k;
 for a set of boxes, Hungarian matching on IoU and F1@k = 2 TP / (|pred| + |gt|), where a query
-with no target and no prediction scores 1."""
+with no target and no prediction scores 1. Also the scene's grounding queries and their metric rows."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+
+from pipeline.errors import UserError
+
+THRESHOLDS = (0.25, 0.5)
 
 
 def box_iou(a, b) -> float:
@@ -54,3 +61,80 @@ def choose_objects(scores: np.ndarray, *, multi: bool, margin: float, min_score:
     if scores[best] < min_score:
         return []
     return [int(i) for i in np.flatnonzero(scores >= scores[best] - margin)]
+
+
+def read_grounding(scene: dict) -> tuple[list[dict], dict[int, np.ndarray]] | None:
+    """(queries [{query, targets}], gt id -> box) from scene.json's gt.grounding / gt.boxes, else None."""
+    gt = scene.get("gt") or {}
+    if not gt.get("boxes") or not gt.get("grounding"):
+        return None
+    try:
+        boxes = json.loads(Path(gt["boxes"]).read_text())
+        queries = json.loads(Path(gt["grounding"]).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"ground-truth boxes or grounding queries not readable ({exc})") from None
+    gt_boxes = {int(k): np.asarray(v["box"], dtype=np.float64) for k, v in boxes["objects"].items()}
+    return [{"query": str(q["query"]), "targets": [int(t) for t in q.get("targets", [])]} for q in queries], gt_boxes
+
+
+def grounding_rows(queries, gt_boxes, cand_ids, cand_boxes, scores, *, base: dict, margin: float, min_score: float):
+    """Metric rows: per query IoU / F1, and the query means Acc@k (single-target) and F1@k (all)."""
+    from pipeline.evaluate.table import _row
+
+    rows, ious, chance, f1s = [], [], [], {k: [] for k in THRESHOLDS}
+    for qi, q in enumerate(queries):
+        targets = [gt_boxes[t] for t in q["targets"] if t in gt_boxes]
+        single = len(q["targets"]) == 1
+        chosen = choose_objects(scores[:, qi], multi=not single, margin=margin, min_score=min_score) if len(cand_ids) else []
+        pred = [cand_boxes[i] for i in chosen]
+        note = "chose " + ",".join(f"<OBJ{cand_ids[i]:03d}>" for i in chosen) if chosen else "chose none"
+        if single and targets:
+            iou = box_iou(pred[0], targets[0]) if pred else 0.0
+            ious.append(iou)
+            chance.append(np.mean([box_iou(b, targets[0]) >= THRESHOLDS[0] for b in cand_boxes]) if cand_boxes else 0.0)
+            rows.append(_row(**base, task="grounding", query=q["query"], metric="iou", value=iou, aggregation="none",
+                             unit="fraction", note=note))
+        for k in THRESHOLDS:
+            f1 = hungarian_f1(pred, targets, k)
+            f1s[k].append(f1)
+            rows.append(_row(**base, task="grounding", query=q["query"], metric=f"F1@{k:g}", value=f1, aggregation="none",
+                             threshold=k, unit="fraction", note=note))
+    for k in THRESHOLDS:
+        if ious:
+            rows.append(_row(**base, task="grounding", metric=f"Acc@{k:g}", value=accuracy_at(ious, k),
+                             aggregation="query_mean", threshold=k, n_items=len(ious), unit="fraction"))
+        if f1s[k]:
+            rows.append(_row(**base, task="grounding", metric=f"F1@{k:g}", value=float(np.mean(f1s[k])),
+                             aggregation="query_mean", threshold=k, n_items=len(f1s[k]), unit="fraction"))
+    if chance:
+        rows.append(_row(**base, task="grounding", metric="chance_Acc@0.25", value=float(np.mean(chance)),
+                         aggregation="query_mean", threshold=0.25, n_items=len(chance), unit="fraction",
+                         note="expected Acc@0.25 of an object picked at random"))
+    return rows
+
+
+def evaluate_grounding(scene: dict, ids: list[int], boxes: dict, feats: dict, space, *, base: dict, margin: float,
+                       min_score: float, note, log) -> list[dict]:
+    """Grounding metric rows, or one `grounding_not_evaluated` row saying why there are none."""
+    from pipeline.evaluate.table import _row
+    from pipeline.scene3d.language import text_vectors
+
+    spec = read_grounding(scene)
+    cand = [k for k in ids if k in boxes and k in feats]
+    if spec is None:
+        why = "the scene has no ground-truth boxes and grounding queries (gt.boxes, gt.grounding)"
+    elif not feats:
+        why = "no language field (render + CLIP autoencoder) to choose objects with"
+    else:
+        why = None
+    if why is not None:
+        log(f"note: 3D grounding not evaluated: {why}")
+        return [_row(**base, task="grounding", metric="grounding_not_evaluated", value=1.0, aggregation="count", note=why)]
+    queries, gt_boxes = spec
+    qvec = text_vectors(space, [q["query"] for q in queries])
+    scores = np.stack([feats[k] for k in cand]) @ qvec.T if cand else np.zeros((0, len(queries)))
+    rows = grounding_rows(queries, gt_boxes, cand, [boxes[k] for k in cand], scores, base=base,
+                          margin=margin, min_score=min_score)
+    if not cand:
+        note("no object has both a box and language features: every grounding query fails")
+    return rows
