@@ -203,7 +203,7 @@ def evaluate_novel_views(render: str | Path, weights: str | Path, sources: Scene
 
     from pipeline.evaluate.geometry_metrics import sequence_depth_metrics
     from pipeline.nerf.render import scene_for_weights
-    from pipeline.nerf.train import load_nerf
+    from pipeline.nerf.model import load_nerf
 
     group = store.open_group(render, what="nerf_render.zarr")
     store.require_arrays(group, ["rgb", "depth"], what=f"nerf_render.zarr {render}")
