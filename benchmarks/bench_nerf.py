@@ -26,7 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.nerf.model import GeneralizableNerf, NerfConfig, Views, camera_rays, pixel_grid  # noqa: E402
+from pipeline.nerf.cameras import camera_rays, pixel_grid  # noqa: E402
+from pipeline.nerf.model import GeneralizableNerf, NerfConfig, Views  # noqa: E402
 from pipeline.nerf.render import render_view  # noqa: E402
 
 from _common import machine, write_result

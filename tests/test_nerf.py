@@ -15,8 +15,9 @@ from pipeline import store
 from pipeline.errors import UserError
 from pipeline.nerf import evaluate as nerf_eval
 from pipeline.nerf.data import SceneSources, held_out_frames, nearest_sources
-from pipeline.nerf.model import (NerfConfig, pixel_grid, plane_homographies, relative_pose, volume_render,
-                                 warp_homography)  # fmt: skip
+from pipeline.nerf.cameras import pixel_grid, plane_homographies, relative_pose, warp_homography
+from pipeline.nerf.model import NerfConfig
+from pipeline.nerf.networks import volume_render
 from pipeline.nerf.train import NerfSettings, train_nerf
 
 torch.set_num_threads(1)
@@ -261,7 +262,7 @@ def test_camera_path_video(clip12, tmp_path):
     import av
 
     from pipeline.nerf.render import camera_path, render_held_out, scene_for_weights
-    from pipeline.nerf.train import load_nerf
+    from pipeline.nerf.model import load_nerf
 
     summary = train_nerf([clip12], tmp_path / "nerf.safetensors", config=SMALL, settings=_settings(epochs=1),
                          progress=False, device="cpu")  # fmt: skip

@@ -54,6 +54,72 @@ def load_training_rows(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, 
     return data, space, counts
 
 
+def _fit_decoder_dims(decoder_dims: Sequence[int], dim: int) -> list[int]:
+    """The decoder's widths with the last one set to the features' width (the reconstruction's)."""
+    decoder_dims = list(decoder_dims)
+    if decoder_dims and decoder_dims[-1] != dim:
+        decoder_dims[-1] = dim
+    return decoder_dims
+
+
+def _train_epoch(model, optimizer, x_all, order, batch_size: int, cos_weight: float, upstream_cos_axis: bool) -> float:
+    """One pass over the rows in `order`; the summed loss x rows."""
+    model.train()
+    total = 0.0
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        if len(idx) < 2:  # BatchNorm cannot train on one row
+            continue
+        x = x_all[idx]
+        loss, _, _ = _loss(model(x), x, cos_weight, upstream_cos_axis)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+    return total
+
+
+def _eval_loss(model, x_all, upstream_cos_axis: bool) -> float:
+    """MSE + (1 - cos) on the full set, in eval mode: what picks the kept checkpoint."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        _, mse, cos = _loss(model(x_all), x_all, 1.0, upstream_cos_axis)
+    return float(mse + cos)
+
+
+def _fit(model, optimizer, x_all, *, epochs: int, batch_size: int, cos_weight: float, upstream_cos_axis: bool, seed: int,
+         progress: bool):  # fmt: skip
+    """Train `epochs` epochs; ((best eval loss, its epoch, its state dict), history), the best over the last epochs."""
+    import torch
+    from tqdm import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    first_eval = min(int(0.9 * epochs) + 1, epochs - 1)
+    best = (float("inf"), -1, None)
+    history = []
+    for epoch in tqdm(range(epochs), desc="autoencoder", unit="epoch", disable=not progress):
+        order = torch.randperm(len(x_all), generator=gen).to(x_all.device)
+        total = _train_epoch(model, optimizer, x_all, order, batch_size, cos_weight, upstream_cos_axis)
+        record = {"epoch": epoch, "train_loss": total / len(x_all)}
+        if epoch >= first_eval:
+            eval_loss = _eval_loss(model, x_all, upstream_cos_axis)
+            record["eval_loss"] = eval_loss
+            if eval_loss < best[0]:
+                best = (eval_loss, epoch, copy.deepcopy(model.state_dict()))
+        history.append(record)
+    return best, history
+
+
+def _reconstruction_cosine(model, x_all) -> float:
+    import torch
+
+    with torch.no_grad():
+        model.eval()
+        return float(torch.nn.functional.cosine_similarity(model(x_all), x_all, dim=-1).mean())
+
+
 def train_autoencoder(
     features_paths: Sequence[str | os.PathLike],
     out_path: str | os.PathLike,
@@ -71,7 +137,6 @@ def train_autoencoder(
     progress: bool = True,
 ) -> dict[str, Any]:
     import torch
-    from tqdm import tqdm
 
     from pipeline.features.autoencoder import Autoencoder, save_autoencoder
     from pipeline.features.text import resolve_device
@@ -82,64 +147,21 @@ def train_autoencoder(
     device = resolve_device(device)
     data, space, counts = load_training_rows(features_paths)
     dim = data.shape[1]
-    decoder_dims = list(decoder_dims)
-    if decoder_dims and decoder_dims[-1] != dim:
-        decoder_dims[-1] = dim  # the reconstruction must have the features' width
+    decoder_dims = _fit_decoder_dims(decoder_dims, dim)
     torch.manual_seed(seed)
     model = Autoencoder(dim, encoder_dims, decoder_dims).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     x_all = torch.from_numpy(data).to(device)
-    gen = torch.Generator().manual_seed(seed)
-    first_eval = min(int(0.9 * epochs) + 1, epochs - 1)
-    best = (float("inf"), -1, None)
-    history = []
     start = time.perf_counter()
-    for epoch in tqdm(range(epochs), desc="autoencoder", unit="epoch", disable=not progress):
-        model.train()
-        order = torch.randperm(len(data), generator=gen).to(device)
-        total = 0.0
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            if len(idx) < 2:  # BatchNorm cannot train on one row
-                continue
-            x = x_all[idx]
-            loss, _, _ = _loss(model(x), x, cos_weight, upstream_cos_axis)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-        record = {"epoch": epoch, "train_loss": total / len(data)}
-        if epoch >= first_eval:
-            model.eval()
-            with torch.no_grad():
-                _, mse, cos = _loss(model(x_all), x_all, 1.0, upstream_cos_axis)
-            eval_loss = float(mse + cos)
-            record["eval_loss"] = eval_loss
-            if eval_loss < best[0]:
-                best = (eval_loss, epoch, copy.deepcopy(model.state_dict()))
-        history.append(record)
+    best, history = _fit(model, optimizer, x_all, epochs=epochs, batch_size=batch_size, cos_weight=cos_weight,
+                         upstream_cos_axis=upstream_cos_axis, seed=seed, progress=progress)  # fmt: skip
     model.load_state_dict(best[2])
     seconds = time.perf_counter() - start
-    params = {
-        "encoder_dims": list(encoder_dims),
-        "decoder_dims": decoder_dims,
-        "lr": lr,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "cos_weight": cos_weight,
-        "seed": seed,
-        "upstream_cos_axis": upstream_cos_axis,
-    }
+    params = {"encoder_dims": list(encoder_dims), "decoder_dims": decoder_dims, "lr": lr, "epochs": epochs,
+              "batch_size": batch_size, "cos_weight": cos_weight, "seed": seed, "upstream_cos_axis": upstream_cos_axis}
     prov = provenance("autoencoder-train", params, {f"features_{i}": p for i, p in enumerate(features_paths)}, extra={"space": space})
-    save_autoencoder(
-        model,
-        out_path,
-        space=space,
-        extra={"provenance": prov, "best_epoch": best[1], "best_eval_loss": best[0], "training_rows": counts},
-    )
-    with torch.no_grad():
-        model.eval()
-        recon_cos = float(torch.nn.functional.cosine_similarity(model(x_all), x_all, dim=-1).mean())
+    save_autoencoder(model, out_path, space=space,
+                     extra={"provenance": prov, "best_epoch": best[1], "best_eval_loss": best[0], "training_rows": counts})
     return {
         "out": str(out_path),
         "rows": int(len(data)),
@@ -149,7 +171,7 @@ def train_autoencoder(
         "decoder_dims": decoder_dims,
         "best_epoch": best[1],
         "best_eval_loss": best[0],
-        "mean_reconstruction_cosine": recon_cos,
+        "mean_reconstruction_cosine": _reconstruction_cosine(model, x_all),
         "seconds": round(seconds, 3),
         "device": device,
         "history": history,

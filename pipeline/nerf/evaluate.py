@@ -27,81 +27,12 @@ import numpy as np
 from pipeline import store
 from pipeline.errors import UserError
 from pipeline.nerf.data import SceneData, SceneSources
+from pipeline.nerf.image_metrics import Lpips, psnr, ssim
 
 METHODS = ("nerf", "copy_nearest", "reproject_depth")
 IMAGE_METRICS = ("psnr", "ssim", "lpips")
 UNITS = {"psnr": "dB", "ssim": "ratio", "lpips": "distance"}
 TASK, DEPTH_TASK = "novel_view", "novel_view_depth"
-VGG_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))  # lpips' vgg16 slices of torchvision's `features`
-
-
-# ----------------------------------------------------------------------------- metrics
-def psnr(gt: np.ndarray, pred: np.ndarray) -> float:
-    """PSNR in dB of two [H, W, 3] images in [0, 1] (skimage)."""
-    from skimage.metrics import peak_signal_noise_ratio
-
-    return float(peak_signal_noise_ratio(np.asarray(gt, np.float64), np.asarray(pred, np.float64), data_range=1.0))
-
-
-def ssim(gt: np.ndarray, pred: np.ndarray) -> float:
-    """SSIM of two [H, W, 3] images in [0, 1] (skimage, channel axis last, 7x7 uniform window)."""
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(np.asarray(gt, np.float64), np.asarray(pred, np.float64), channel_axis=-1,
-                                       data_range=1.0))  # fmt: skip
-
-
-class Lpips:
-    """LPIPS (VGG) with a local backbone; `reason` says why it is unavailable (then `__call__` is never used)."""
-
-    def __init__(self, backbone: str | Path | None, device: str = "cpu"):
-        self.model, self.reason, self.device = None, None, device
-        if not backbone:
-            self.reason = "no local LPIPS backbone configured (nerf.lpips_backbone); LPIPS weights are never downloaded"
-            return
-        path = Path(backbone)
-        if not path.is_file():
-            raise UserError(f"nerf.lpips_backbone: {path} not found (expected torchvision VGG16 weights, .safetensors or .pth)")
-        try:
-            import lpips
-        except ImportError:
-            self.reason = "the lpips package is not installed"
-            return
-        import torch
-
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        model = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
-        mapped = {}
-        for key, value in state.items():
-            parts = key.split(".")
-            if parts[0] == "features":
-                parts = parts[1:]
-            if len(parts) != 2 or not parts[0].isdigit():
-                continue
-            index = int(parts[0])
-            for k, (lo, hi) in enumerate(VGG_SLICES):
-                if lo <= index < hi:
-                    mapped[f"net.slice{k + 1}.{index}.{parts[1]}"] = value
-        expected = {k for k in model.state_dict() if k.startswith("net.")}
-        if set(mapped) != expected:
-            raise UserError(f"nerf.lpips_backbone: {path} is not a VGG16 `features` state dict "
-                            f"(missing {sorted(expected - set(mapped))[:3]} ...)")  # fmt: skip
-        model.load_state_dict(mapped, strict=False)
-        self.model = model.eval().to(device)
-
-    def __call__(self, gt: np.ndarray, pred: np.ndarray) -> float:
-        import torch
-
-        def tensor(x):
-            return torch.from_numpy(np.asarray(x, np.float32)).permute(2, 0, 1)[None].to(self.device) * 2 - 1
-
-        with torch.no_grad():
-            return float(self.model(tensor(gt), tensor(pred)).item())
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -195,15 +126,10 @@ def strip_figure(path: str | Path, panels: list[tuple[int, list[tuple[str, np.nd
     plt.close(fig)
 
 
-def evaluate_novel_views(render: str | Path, weights: str | Path, sources: SceneSources, out: str | Path, *,
-                         strip: str | Path | None = None, dataset: str = "", scene_name: str = "",
-                         lpips_backbone: str | None = None, strip_frames: int = 4, max_depth: float = 70.0,
-                         device: str = "cpu", log=print) -> "pd.DataFrame":  # noqa: F821  # fmt: skip
-    import pandas as pd
-
-    from pipeline.evaluate.geometry_metrics import sequence_depth_metrics
+def _open_render(render, weights, sources: SceneSources, scene_name: str):
+    """(render group, its attrs, the scene as the weights split it, held-out frames); refused if they disagree."""
+    from pipeline.nerf.model import load_nerf
     from pipeline.nerf.render import scene_for_weights
-    from pipeline.nerf.train import load_nerf
 
     group = store.open_group(render, what="nerf_render.zarr")
     store.require_arrays(group, ["rgb", "depth"], what=f"nerf_render.zarr {render}")
@@ -213,53 +139,67 @@ def evaluate_novel_views(render: str | Path, weights: str | Path, sources: Scene
     frames = [int(t) for t in attrs["frames"]]
     if frames != scene.held_out:
         raise UserError(f"{render} holds frames {frames} but the weights hold out {scene.held_out}; rerun nerf-render")
-    info = scene.scene_json
-    base = {"dataset": dataset or info.get("dataset", ""), "scene": scene_name or info.get("scene", scene.name)}
-    metric_lpips = Lpips(lpips_backbone, device)
-    if metric_lpips.reason:
-        log(f"note: LPIPS not evaluated: {metric_lpips.reason}")
-    rows: list[dict] = []
-    panels = []
-    depth_pairs: list[tuple[np.ndarray, np.ndarray]] = []
-    for k, t in enumerate(frames):
-        gt = scene.image(t)
-        nearest = int(attrs["sources"][k][0])
-        copy = scene.image(nearest)
-        reproj, coverage = reproject(copy, geometry_depth_in_frame(scene, nearest), scene.intrinsics[nearest],
-                                     scene.extrinsics[nearest], scene.intrinsics[t], scene.extrinsics[t], copy)  # fmt: skip
-        images = {"nerf": np.asarray(group["rgb"][k], np.float32) / 255.0, "copy_nearest": copy, "reproject_depth": reproj}
-        for method, image in images.items():
-            values = {"psnr": psnr(gt, image), "ssim": ssim(gt, image),
-                      "lpips": float("nan") if metric_lpips.reason else metric_lpips(gt, image)}  # fmt: skip
-            for metric, value in values.items():
-                note = metric_lpips.reason if metric == "lpips" else None
-                if method == "reproject_depth" and metric == "psnr":
-                    note = f"{coverage:.3f} of the pixels reprojected, the rest copied"
-                elif method != "nerf" and metric == "psnr":
-                    note = f"source frame {nearest}"
-                rows.append(_row(**base, frame=t, metric=metric, value=value, variant=method, unit=UNITS[metric], note=note))
-        if len(panels) < strip_frames:
-            panels.append((t, [("held-out", gt), ("rendered", images["nerf"]), (f"copied {nearest}", copy),
-                               ("reprojected", reproj)]))  # fmt: skip
-        g = _gt_depth(scene, t)
-        if g is not None and g.shape == (scene.height, scene.width):
-            depth_pairs.append((np.asarray(group["depth"][k], np.float32), g))
-    frame_rows = pd.DataFrame(rows)
-    for (method, metric), grp in frame_rows.groupby(["variant", "metric"], sort=False):
+    return group, attrs, scene, frames
+
+
+def _frame_images(scene: SceneData, group, attrs, k: int, t: int):
+    """(the held-out frame, {method: image}, nearest training frame, reprojected share) of held-out frame k (= t)."""
+    gt = scene.image(t)
+    nearest = int(attrs["sources"][k][0])
+    copy = scene.image(nearest)
+    reproj, coverage = reproject(copy, geometry_depth_in_frame(scene, nearest), scene.intrinsics[nearest],
+                                 scene.extrinsics[nearest], scene.intrinsics[t], scene.extrinsics[t], copy)  # fmt: skip
+    images = {"nerf": np.asarray(group["rgb"][k], np.float32) / 255.0, "copy_nearest": copy, "reproject_depth": reproj}
+    return gt, images, nearest, coverage
+
+
+def _image_rows(base: dict, t: int, gt, images: dict, metric_lpips: Lpips, nearest: int, coverage: float) -> list[dict]:
+    rows = []
+    for method, image in images.items():
+        values = {"psnr": psnr(gt, image), "ssim": ssim(gt, image),
+                  "lpips": float("nan") if metric_lpips.reason else metric_lpips(gt, image)}  # fmt: skip
+        for metric, value in values.items():
+            note = metric_lpips.reason if metric == "lpips" else None
+            if method == "reproject_depth" and metric == "psnr":
+                note = f"{coverage:.3f} of the pixels reprojected, the rest copied"
+            elif method != "nerf" and metric == "psnr":
+                note = f"source frame {nearest}"
+            rows.append(_row(**base, frame=t, metric=metric, value=value, variant=method, unit=UNITS[metric], note=note))
+    return rows
+
+
+def _mean_rows(frame_rows: list[dict], base: dict) -> list[dict]:
+    """One `frame_mean` row per (method, metric) over the finite per-frame values."""
+    import pandas as pd
+
+    rows = []
+    for (method, metric), grp in pd.DataFrame(frame_rows).groupby(["variant", "metric"], sort=False):
         values = grp["value"].to_numpy(dtype=np.float64)
         ok = np.isfinite(values)
         rows.append(_row(**base, metric=metric, value=float(values[ok].mean()) if ok.any() else float("nan"),
                          aggregation="frame_mean", variant=method, n_items=int(ok.sum()), unit=UNITS[metric],
                          note=grp["note"].iloc[0] if metric == "lpips" else None))  # fmt: skip
-    if depth_pairs:
-        for align in ("none", "median"):
-            m = sequence_depth_metrics([p for p, _ in depth_pairs], [g for _, g in depth_pairs], align=align, max_depth=max_depth)
-            n = int(m.pop("valid_pixels"))
-            for metric in ("abs_rel", "rmse", "delta_1.25"):
-                rows.append(_row(**base, task=DEPTH_TASK, metric=metric, value=m[metric], aggregation="sequence",
-                                 variant=f"nerf/{align}", n_items=n, unit="depth" if metric == "rmse" else "ratio"))  # fmt: skip
-    else:
-        log("note: the scene has no ground-truth depth; rendered depth not evaluated")
+    return rows
+
+
+def _depth_rows(depth_pairs: list[tuple[np.ndarray, np.ndarray]], base: dict, max_depth: float) -> list[dict]:
+    """Rendered against ground-truth depth over the sequence, unaligned and median-scaled."""
+    from pipeline.evaluate.geometry_metrics import sequence_depth_metrics
+
+    rows = []
+    for align in ("none", "median"):
+        m = sequence_depth_metrics([p for p, _ in depth_pairs], [g for _, g in depth_pairs], align=align, max_depth=max_depth)
+        n = int(m.pop("valid_pixels"))
+        for metric in ("abs_rel", "rmse", "delta_1.25"):
+            rows.append(_row(**base, task=DEPTH_TASK, metric=metric, value=m[metric], aggregation="sequence",
+                             variant=f"nerf/{align}", n_items=n, unit="depth" if metric == "rmse" else "ratio"))  # fmt: skip
+    return rows
+
+
+def _write_table(out, rows: list[dict], *, render, weights, sources: SceneSources, lpips_backbone, strip_frames: int,
+                 max_depth: float):  # fmt: skip
+    import pandas as pd
+
     table = pd.DataFrame(rows)
     table["frame"] = table["frame"].astype("Int64")
     table["n_items"] = table["n_items"].astype("Int64")
@@ -269,6 +209,38 @@ def evaluate_novel_views(render: str | Path, weights: str | Path, sources: Scene
                              "scene_json": sources.scene_json},
                             checkpoints={"lpips_backbone": lpips_backbone})  # fmt: skip
     store.write_parquet(out, table, provenance=prov)
+    return table
+
+
+def evaluate_novel_views(render: str | Path, weights: str | Path, sources: SceneSources, out: str | Path, *,
+                         strip: str | Path | None = None, dataset: str = "", scene_name: str = "",
+                         lpips_backbone: str | None = None, strip_frames: int = 4, max_depth: float = 70.0,
+                         device: str = "cpu", log=print) -> "pd.DataFrame":  # noqa: F821  # fmt: skip
+    group, attrs, scene, frames = _open_render(render, weights, sources, scene_name)
+    info = scene.scene_json
+    base = {"dataset": dataset or info.get("dataset", ""), "scene": scene_name or info.get("scene", scene.name)}
+    metric_lpips = Lpips(lpips_backbone, device)
+    if metric_lpips.reason:
+        log(f"note: LPIPS not evaluated: {metric_lpips.reason}")
+    rows: list[dict] = []
+    panels = []
+    depth_pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    for k, t in enumerate(frames):
+        gt, images, nearest, coverage = _frame_images(scene, group, attrs, k, t)
+        rows += _image_rows(base, t, gt, images, metric_lpips, nearest, coverage)
+        if len(panels) < strip_frames:
+            panels.append((t, [("held-out", gt), ("rendered", images["nerf"]), (f"copied {nearest}", images["copy_nearest"]),
+                               ("reprojected", images["reproject_depth"])]))  # fmt: skip
+        g = _gt_depth(scene, t)
+        if g is not None and g.shape == (scene.height, scene.width):
+            depth_pairs.append((np.asarray(group["depth"][k], np.float32), g))
+    rows += _mean_rows(rows, base)
+    if depth_pairs:
+        rows += _depth_rows(depth_pairs, base, max_depth)
+    else:
+        log("note: the scene has no ground-truth depth; rendered depth not evaluated")
+    table = _write_table(out, rows, render=render, weights=weights, sources=sources, lpips_backbone=lpips_backbone,
+                         strip_frames=strip_frames, max_depth=max_depth)  # fmt: skip
     if strip is not None and panels:
         strip_figure(strip, panels)
     return table

@@ -21,7 +21,8 @@ from pipeline import store
 from pipeline.devices import resolve_device
 from pipeline.errors import UserError
 from pipeline.nerf.data import SceneData, SceneSources, nearest_sources
-from pipeline.nerf.model import GeneralizableNerf, Views, camera_rays, pixel_grid
+from pipeline.nerf.cameras import camera_rays, pixel_grid
+from pipeline.nerf.model import GeneralizableNerf, Views
 
 
 @torch.no_grad()
@@ -103,7 +104,7 @@ def render_held_out(weights: str | Path, sources: SceneSources, out: str | Path,
                     progress: bool = True) -> dict:  # fmt: skip
     from tqdm.auto import tqdm
 
-    from pipeline.nerf.train import load_nerf
+    from pipeline.nerf.model import load_nerf
 
     dev = torch.device(resolve_device(device))
     model, meta = load_nerf(weights, dev)

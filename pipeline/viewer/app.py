@@ -26,43 +26,16 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.evaluate.protocol import LEVELS, Protocol
+from pipeline.viewer.controls import ViewerControls
+from pipeline.viewer.drawing import SceneDrawing
 from pipeline.viewer.relevancy import FrameRelevancy, RelevancyEngine, engine_for_scene, heat_colors
 from pipeline.viewer.scene import FrameCloud, SceneData, resolve_scene_dir
+from pipeline.viewer.snapshot import render_points
 
-MAX_FRUSTUMS = 60
 DIM_RGB = 0.35  # brightness of points on frames where a time-sensitive query does not hold
 
 
-def _wxyz(R: np.ndarray) -> np.ndarray:
-    import viser.transforms as vtf
-
-    return vtf.SO3.from_matrix(R).wxyz
-
-
-def render_points(xyz: np.ndarray, rgb: np.ndarray, c2w: np.ndarray, K: np.ndarray, size: tuple[int, int],
-                  radius: int = 1, background=(255, 255, 255)) -> np.ndarray:
-    """A picture of coloured points through a pinhole camera (nearest point wins): the saved view
-    when no browser can render one."""
-    h, w = size
-    w2c = np.linalg.inv(c2w)
-    pc = xyz @ w2c[:3, :3].T + w2c[:3, 3]
-    z = pc[:, 2]
-    ok = z > 1e-6
-    u = np.round(K[0, 0] * pc[ok, 0] / z[ok] + K[0, 2]).astype(np.int64)
-    v = np.round(K[1, 1] * pc[ok, 1] / z[ok] + K[1, 2]).astype(np.int64)
-    col, z = rgb[ok], z[ok]
-    img = np.empty((h, w, 3), np.uint8)
-    img[:] = background
-    order = np.argsort(-z)  # far first, near last: near points overwrite
-    for dy in range(-radius + 1, radius):
-        for dx in range(-radius + 1, radius):
-            uu, vv = u[order] + dx, v[order] + dy
-            inside = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
-            img[vv[inside], uu[inside]] = col[order][inside]
-    return img
-
-
-class Viewer:
+class Viewer(ViewerControls, SceneDrawing):
     """The viser server of one scene; every GUI control calls a method here (tests call them too)."""
 
     def __init__(self, scene: SceneData, engine: RelevancyEngine | None, *, host: str = "127.0.0.1", port: int = 8080,
@@ -105,138 +78,6 @@ class Viewer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/"
-
-    # ------------------------------------------------------------------ GUI
-    def _build_gui(self) -> None:
-        gui, sc = self.server.gui, self.scene
-        gui.configure_theme(control_width="large")
-        gui.add_markdown(f"**{sc.name}**: {sc.T} frames, {sc.H}x{sc.W}; points from {sc.describe_points()}")
-        with gui.add_folder("Time"):
-            self.gui_frame = gui.add_slider("frame", min=0, max=max(sc.T - 1, 1), step=1, initial_value=self.t,
-                                            disabled=sc.T < 2)
-            self.gui_play = gui.add_checkbox("play", initial_value=False)
-            self.gui_fps = gui.add_number("fps", initial_value=float(min(sc.fps, 30.0)), min=0.5, max=60.0, step=0.5)
-        with gui.add_folder("Points"):
-            self.gui_conf = gui.add_slider("hide lowest confidence %", min=0, max=95, step=5, initial_value=0)
-            self.gui_size = gui.add_slider("point size", min=self.point_size / 4, max=self.point_size * 4,
-                                           step=self.point_size / 8, initial_value=self.point_size)
-            self.gui_count = gui.add_markdown("")
-        with gui.add_folder("Query"):
-            self.gui_text = gui.add_text("text", initial_value="")
-            self.gui_level = gui.add_dropdown("level", options=("auto", *LEVELS), initial_value="auto")
-            self.gui_ts = gui.add_checkbox("time-sensitive", initial_value=False)
-            self.gui_colour = gui.add_dropdown("colour", options=("relevancy", "mask", "rgb"), initial_value="relevancy")
-            self.gui_clear = gui.add_button("clear query")
-            self.gui_progress = gui.add_progress_bar(0.0, visible=False)
-            self.gui_status = gui.add_markdown("type a text and press Enter" if self.engine else
-                                               "no language field loaded")
-        labels, states = self.scene.annotation_queries()
-        self.states = states
-        if labels or states:
-            with gui.add_folder("Annotation queries"):
-                for q in labels:
-                    gui.add_button(q).on_click(lambda _e, q=q: self.set_query(q, time_sensitive=False))
-                for q in states:
-                    gui.add_button(q, icon=None).on_click(lambda _e, q=q: self.set_query(q, time_sensitive=True))
-        with gui.add_folder("Objects"):
-            if self.objects is None:
-                gui.add_markdown("no objects3d.parquet (the GPT4Scene stage has not run for this scene)")
-                self.gui_boxes = None
-            else:
-                gui.add_markdown(f"{len(self.objects)} objects from objects3d.parquet")
-                self.gui_boxes = gui.add_checkbox("show boxes", initial_value=True)
-                self.gui_boxes.on_update(lambda _e: self._set(show_boxes=self.gui_boxes.value))
-        self.gui_save = gui.add_button("save view")
-        self.gui_saved = gui.add_markdown("")
-
-        self.gui_frame.on_update(lambda _e: self.show_frame(int(self.gui_frame.value)))
-        self.gui_conf.on_update(lambda _e: self._set(conf_drop=float(self.gui_conf.value)))
-        self.gui_size.on_update(lambda _e: self._set(point_size=float(self.gui_size.value)))
-        self.gui_text.on_update(lambda _e: self._set(text=self.gui_text.value.strip()))
-        self.gui_level.on_update(lambda _e: self._set(level=self.gui_level.value))
-        self.gui_ts.on_update(lambda _e: self._set(time_sensitive=bool(self.gui_ts.value)))
-        self.gui_colour.on_update(lambda _e: self._set(colour_mode=self.gui_colour.value))
-        self.gui_clear.on_click(lambda _e: self.set_query(""))
-        self.gui_save.on_click(lambda e: self._save_clicked(e.client))
-
-    def _set(self, **changes) -> None:
-        with self._lock:
-            for k, v in changes.items():
-                setattr(self, k, v)
-            self.show_frame(self.t)
-
-    def set_query(self, text: str, *, time_sensitive: bool | None = None, level: str | None = None) -> None:
-        """What typing `text` in the box (and ticking the checkbox, picking the level) does."""
-        with self._lock:
-            if time_sensitive is not None:
-                self.time_sensitive = time_sensitive
-                self.gui_ts.value = time_sensitive
-            if level is not None:
-                self.level = level
-                self.gui_level.value = level
-            self.text = text
-            if self.gui_text.value != text:
-                self.gui_text.value = text  # runs the update, which shows the frame
-            else:
-                self.show_frame(self.t)
-
-    # ------------------------------------------------------------------ scene
-    def _add_cameras(self) -> None:
-        cams = self.scene.cameras
-        idx = sorted(set(np.linspace(0, len(cams) - 1, min(len(cams), MAX_FRUSTUMS)).round().astype(int).tolist()))
-        h, w = cams[0].size
-        self._fov = lambda cam: float(2 * np.arctan2(cam.size[0] / 2, cam.K[1, 1]))
-        for t in idx:
-            cam = cams[t]
-            self.server.scene.add_camera_frustum(
-                f"/cameras/{t:05d}", fov=self._fov(cam), aspect=w / h, scale=self.extent * 0.03,
-                thickness=self.extent * 0.001, color=(120, 120, 140), wxyz=_wxyz(cam.c2w[:3, :3]),
-                position=cam.c2w[:3, 3])
-
-    def _initial_camera(self) -> None:
-        """Open behind the first shown camera, a little above it, looking at the middle of its points."""
-        cam = self.scene.cameras[self.t]
-        xyz = self.scene.cloud(self.t).xyz
-        target = np.median(xyz, axis=0) if len(xyz) else cam.c2w[:3, 3] + cam.c2w[:3, 2]
-        R, centre = cam.c2w[:3, :3], cam.c2w[:3, 3]
-        pos = centre - R[:, 2] * 0.3 * self.extent - R[:, 1] * 0.15 * self.extent  # back along -z, up along -y
-        ic = self.server.initial_camera
-        ic.position = tuple(float(v) for v in pos)
-        ic.look_at = tuple(float(v) for v in target)
-        ic.up = tuple(float(v) for v in -R[:, 1])
-        ic.fov = float(min(self._fov(cam) * 1.3, np.deg2rad(100)))
-
-    def _show_current_camera(self) -> None:
-        cam = self.scene.cameras[self.t]
-        h, w = cam.size
-        img = self.scene.image(self.t)
-        step = max(1, img.shape[1] // 160)
-        self.server.scene.add_camera_frustum(
-            "/current_camera", fov=self._fov(cam), aspect=w / h, scale=self.extent * 0.06,
-            thickness=self.extent * 0.002, color=(230, 60, 30), image=np.ascontiguousarray(img[::step, ::step]),
-            wxyz=_wxyz(cam.c2w[:3, :3]), position=cam.c2w[:3, 3])
-
-    def _show_boxes(self) -> None:
-        for handle in self._box_handles:
-            handle.remove()
-        self._box_handles = []
-        if not self.objects or not self.show_boxes:
-            return
-        palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
-        for i, ob in enumerate(self.objects):
-            if self.t in ob["per_frame"]:
-                centre, size = ob["per_frame"][self.t]  # where the object is on this frame (its track)
-            elif ob["centre"] is not None and (ob["frames"] is None or not ob["per_frame"]):
-                centre, size = ob["centre"], ob["size"]
-            else:
-                continue  # not visible on this frame
-            col = palette[i % len(palette)]
-            self._box_handles.append(self.server.scene.add_box(
-                f"/objects/{i}/box", color=col, dimensions=tuple(float(s) for s in size), wireframe=True,
-                position=tuple(float(c) for c in centre)))
-            top = np.asarray(centre, dtype=np.float64) - np.array([0.0, float(size[1]) / 2, 0.0])  # -y is up
-            self._box_handles.append(self.server.scene.add_label(
-                f"/objects/{i}/label", f"{ob['id']} {ob['name']}".strip(), position=tuple(float(c) for c in top)))
 
     def _colours(self, cloud: FrameCloud, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
         """(colours, relevancy per point or None, status line) of the shown points."""

@@ -277,50 +277,7 @@ class SceneData:
         return labels, states
 
     def objects(self) -> list[dict] | None:
-        """Boxes of `objects3d.parquet` (the GPT4Scene stage, scene3d) or None where it has not run.
+        """Boxes of `objects3d.parquet` (the GPT4Scene stage, scene3d) or None where it has not run (see `objects`)."""
+        from pipeline.viewer.objects import read_objects
 
-        Each: id, name, centre [3] and size [3] over the video (None where unknown), frames (the
-        visible frames, None = all) and per-frame boxes {t: (centre, size)}: the object's track."""
-        p = self.dir / "objects3d.parquet"
-        if not p.is_file():
-            return None
-        import pandas as pd
-
-        try:
-            df = pd.read_parquet(p)
-        except Exception as exc:
-            raise UserError(f"{p} is not a readable Parquet table ({exc.__class__.__name__}); rerun the scene3d stage") from None
-        rows = [_object_row(r, self.T) for r in df.to_dict("records")]
-        return [r for r in rows if r is not None]
-
-
-def _vec3(row: dict, *names: str):
-    for n in names:
-        parts = [row.get(f"{n}_{a}") for a in "xyz"]
-        if all(x is not None for x in parts):
-            return np.asarray(parts, dtype=np.float64)
-    return None
-
-
-def _object_row(row: dict, T: int) -> dict | None:
-    """One object of objects3d.parquet: `id`, `name`, `center_x/y/z`, `size_x/y/z` (the box over the
-    video; NaN where the object never had depth), `frames_visible` and `frame_boxes` (one
-    [cx, cy, cz, sx, sy, sz] per visible frame: the object's track). None when it has no box at all."""
-    centre = _vec3(row, "center", "centre")
-    size = _vec3(row, "size")
-    frames = row.get("frames_visible")
-    frames = None if frames is None else [int(f) for f in np.asarray(frames).ravel()]
-    per_frame = {}
-    boxes = row.get("frame_boxes")
-    if boxes is not None and frames is not None:
-        for t, b in zip(frames, list(boxes)):
-            b = np.asarray(b, dtype=np.float64).ravel()
-            if b.size == 6 and np.isfinite(b).all():
-                per_frame[t] = (b[:3], b[3:])
-    whole = centre is not None and size is not None and bool(np.isfinite(centre).all() and np.isfinite(size).all())
-    if not whole and not per_frame:
-        return None
-    name = row.get("name")
-    return {"id": row.get("id"), "name": "" if name is None else str(name), "centre": centre if whole else None,
-            "size": size if whole else None, "frames": None if frames is None else set(frames), "per_frame": per_frame,
-            "moving": bool(row.get("moving", False))}
+        return read_objects(self.dir / "objects3d.parquet", self.T)
