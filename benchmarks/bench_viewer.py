@@ -90,7 +90,7 @@ def autoencoder(path: Path) -> Path:
 def measure(scene: Path, ae: Path, device: str, cache_mb: int) -> dict:
     from pipeline.evaluate.encoders import TextVectors
     from pipeline.viewer.app import Viewer
-    from pipeline.viewer.relevancy import engine_for_scene
+    from pipeline.viewer.scene_engine import engine_for_scene
     from pipeline.viewer.scene import SceneData
 
     g = torch.Generator().manual_seed(1)

@@ -28,8 +28,9 @@ from pipeline.errors import UserError
 from pipeline.evaluate.protocol import LEVELS, Protocol
 from pipeline.viewer.controls import ViewerControls
 from pipeline.viewer.drawing import SceneDrawing
-from pipeline.viewer.relevancy import FrameRelevancy, RelevancyEngine, engine_for_scene, heat_colors
+from pipeline.viewer.relevancy import FrameRelevancy, RelevancyEngine, heat_colors
 from pipeline.viewer.scene import FrameCloud, SceneData, resolve_scene_dir
+from pipeline.viewer.scene_engine import engine_for_scene
 from pipeline.viewer.snapshot import render_points
 
 DIM_RGB = 0.35  # brightness of points on frames where a time-sensitive query does not hold
