@@ -1,7 +1,7 @@
 """The radiance field's training loop: checks, seeded model, resume, steps, final outputs.
 
 Checkpoints, final weights and the loss plot are written with the decoder trainer's helpers
-(`pipeline.sbd.checkpointing`, `pipeline.sbd.loop._save_checkpoint`) in this trainer's format.
+(`pipeline.sbd.checkpointing`, `save_rotating_checkpoint`) in this trainer's format.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from pipeline.nerf.cameras import camera_rays, pixel_grid
 from pipeline.nerf.data import CAMERA_CHOICES, SceneData, SceneSources
 from pipeline.nerf.model import COLOUR_HEADS, WEIGHTS_FORMAT, GeneralizableNerf, NerfConfig, psnr_from_mse
 from pipeline.nerf.settings import NerfSettings, epoch_order, log_columns, lr_at, step_generator
-from pipeline.sbd.checkpointing import plot_losses, resume_or_clear, save_decoder
-from pipeline.sbd.loop import _save_checkpoint
+from pipeline.sbd.checkpointing import plot_losses, resume_or_clear, save_decoder, save_rotating_checkpoint
 
 CHECKPOINT_FORMAT = "langfield4d-nerf-train-state/1"
 
@@ -196,7 +195,7 @@ def train_nerf(
             bar.set_postfix(epoch=epoch + 1, psnr=f"{psnr_from_mse(value):.2f}", refresh=False)
         done = epoch + 1
         if done % max(1, save_every) == 0 or done == settings.epochs:
-            _save_checkpoint(checkpoint_dir, done, keep_checkpoints, model=model, optimizer=optimizer, scaler=None, step=step,
+            save_rotating_checkpoint(checkpoint_dir, done, keep_checkpoints, model=model, optimizer=optimizer, scaler=None, step=step,
                              seconds=time.perf_counter() - t_start, log_rows=log_rows, fingerprint=fingerprint,
                              log_columns=columns, format=CHECKPOINT_FORMAT)  # fmt: skip
         if on_epoch_end is not None:

@@ -75,6 +75,14 @@ def save_train_state(path: Path, *, model, optimizer, scaler, epoch: int, step: 
         save_file(tensors, str(tmp), metadata=meta)
 
 
+def save_rotating_checkpoint(checkpoint_dir: Path, done: int, keep: int, **state) -> None:
+    """Write the epoch-`done` checkpoint and keep only the `keep` newest."""
+    save_train_state(_checkpoint_path(checkpoint_dir, done), epoch=done, **state)
+    old = sorted(checkpoint_dir.glob("epoch_*.safetensors"))
+    for path in old[: max(0, len(old) - max(1, keep))]:
+        path.unlink(missing_ok=True)
+
+
 def find_resume_point(directory: Path, fingerprint: str, format: str = CHECKPOINT_FORMAT) -> Path | None:
     """Newest checkpoint in `directory` written by a run with the same fingerprint (settings, inputs, code)."""
     from pipeline.checkpoints import checkpoint_metadata

@@ -21,12 +21,11 @@ from pipeline.errors import UserError
 from pipeline.sbd.checkpointing import (
     LOG_COLUMNS,
     WEIGHTS_FORMAT,
-    _checkpoint_path,
     _fingerprint,
     plot_losses,
     resume_or_clear,
     save_decoder,
-    save_train_state,
+    save_rotating_checkpoint,
 )
 from pipeline.sbd.data import PLACEMENTS, SceneData, SceneSources, iterate_steps, steps_per_epoch
 from pipeline.sbd.losses import LOSS_COLUMNS, param_groups, sbd_losses
@@ -136,14 +135,6 @@ def _train_step(model, optimizer, scaler, batch, settings: TrainSettings, dev, u
     return [float(parts[c].detach()) if c in parts else float("nan") for c in LOSS_COLUMNS]
 
 
-def _save_checkpoint(checkpoint_dir: Path, done: int, keep: int, **state) -> None:
-    """Write the epoch-`done` checkpoint and keep only the `keep` newest."""
-    save_train_state(_checkpoint_path(checkpoint_dir, done), epoch=done, **state)
-    old = sorted(checkpoint_dir.glob("epoch_*.safetensors"))
-    for path in old[: max(0, len(old) - max(1, keep))]:
-        path.unlink(missing_ok=True)
-
-
 def _weights_metadata(config: DecoderConfig, info: dict[str, Any], settings: TrainSettings, scenes, log, prov) -> dict:
     return {
         "format": WEIGHTS_FORMAT,
@@ -237,7 +228,7 @@ def train_sbd(
             continue
         done = epoch + 1
         if done % max(1, save_every) == 0 or done == settings.epochs:
-            _save_checkpoint(checkpoint_dir, done, keep_checkpoints, model=model, optimizer=optimizer, scaler=scaler,
+            save_rotating_checkpoint(checkpoint_dir, done, keep_checkpoints, model=model, optimizer=optimizer, scaler=scaler,
                              step=step, seconds=time.perf_counter() - t_start, log_rows=log_rows, fingerprint=fingerprint)
         if on_epoch_end is not None:
             on_epoch_end(done)
