@@ -48,6 +48,70 @@ def _scale_cameras(cameras: dict | None, indices: list[int], src: tuple[int, int
     return {"intrinsics": (scale @ intr).tolist(), "extrinsics": extr.tolist()}
 
 
+def _wanted(count: int | None, stride: int, max_frames: int | None) -> tuple[list[int] | None, int]:
+    """(the wanted source indices, the array's first capacity); a container that does not say how many
+    frames it has is read until it ends (None), and the array shrunk to what arrived."""
+    if count is not None:
+        wanted = list(range(0, count, stride))[: max_frames or None]
+        return wanted, len(wanted)
+    return None, max_frames or 1024
+
+
+def _copy_frames(source, rgb, wanted, names: list[str], indices: list[int], *, stride: int, max_frames: int | None,
+                 bar) -> None:
+    """Resize each wanted frame into `rgb` (grown as needed), appending its name and source index: what
+    was kept is in `names` / `indices` even when the video breaks off."""
+    height, width = rgb.shape[1:3]
+    for index, name, frame in source.frames(set(wanted) if wanted is not None else None):
+        if wanted is None and index % stride:
+            continue
+        if frame.shape[:2] != source.size:
+            raise UserError(f"frame {name} of {source.path} is {frame.shape[1]}x{frame.shape[0]}, "
+                            f"the first was {source.size[1]}x{source.size[0]}: mixed sizes")  # fmt: skip
+        t = len(names)
+        if t >= rgb.shape[0]:
+            rgb.resize((2 * rgb.shape[0], height, width, 3))
+        rgb[t] = _resize(frame, (height, width))
+        names.append(name)
+        indices.append(index)
+        bar.update(1)
+        if max_frames is not None and len(names) >= max_frames:
+            break
+
+
+def _truncation(cut, source, kept: int) -> dict:
+    print(f"warning: {source.path} breaks off at frame {cut.frames_read} ({cut.reason}); "
+          f"frames.allow_truncated is set, so the {kept} frame(s) read are kept", file=sys.stderr)
+    return {"frames_read": cut.frames_read, "declared_frames": cut.declared, "reason": cut.reason, "frames_kept": kept}
+
+
+def _scene_record(source, *, scene: str, dataset: str, kind: str, size: tuple[int, int], names, indices,
+                  stride: int, max_frames: int | None, fps: float | None, truncated) -> dict:
+    height, width = size
+    return {
+        "scene": scene,
+        "dataset": dataset,
+        "source": {"kind": kind, "path": str(source.path), "camera": source.camera},
+        "num_frames": len(names),
+        "height": height,
+        "width": width,
+        "fps": fps or (source.fps / stride if source.fps else None),
+        "frame_names": names,
+        "source_indices": indices,
+        "transform": {
+            "source_size": list(source.size),
+            "resize_to": None if (height, width) == source.size else [height, width],
+            "stride": stride,
+            "max_frames": max_frames,
+            "camera": source.camera,
+        },
+        "cameras": _scale_cameras(source.cameras, indices, source.size, (height, width)),
+        "gt": source.gt,
+        "annotations": source.annotations,
+        "truncated": truncated,
+    }
+
+
 def extract_frames(
     kind: str,
     path: str | os.PathLike,
@@ -79,17 +143,7 @@ def extract_frames(
         raise UserError(f"max_frames must be >= 1, got {max_frames}")
     source = readers.read_source(kind, path, resolution=resolution, camera=camera)
     height, width = target_size(source.size, max_size)
-
-    # the wanted source indices; a container that does not say how many frames it has is
-    # read until it ends, and the array shrunk to what arrived
-    count = source.num_frames
-    if count is not None:
-        wanted = list(range(0, count, stride))[: max_frames or None]
-        capacity = len(wanted)
-    else:
-        wanted, capacity = None, max_frames or 1024
-    want_set = set(wanted) if wanted is not None else None
-
+    wanted, capacity = _wanted(source.num_frames, stride, max_frames)
     params = {
         "kind": kind, "stride": stride, "max_frames": max_frames, "max_size": max_size,
         "camera": camera, "resolution": resolution, "allow_truncated": allow_truncated,
@@ -97,62 +151,25 @@ def extract_frames(
     with store.atomic_path(out_zarr) as tmp:
         group = store.create_group(tmp)
         rgb = store.frame_array(group, "rgb", (capacity, height, width, 3), "uint8")
-        names, indices = [], []
         truncated = None
-        frames = source.frames(want_set)
         bar = tqdm(total=capacity if wanted is not None else None, desc=f"frames {scene}", unit="frame", disable=not progress)
+        names: list[str] = []
+        indices: list[int] = []
         try:
-            for index, name, frame in frames:
-                if wanted is None and index % stride:
-                    continue
-                if frame.shape[:2] != source.size:
-                    raise UserError(f"frame {name} of {source.path} is {frame.shape[1]}x{frame.shape[0]}, "
-                                    f"the first was {source.size[1]}x{source.size[0]}: mixed sizes")  # fmt: skip
-                t = len(names)
-                if t >= rgb.shape[0]:
-                    rgb.resize((2 * rgb.shape[0], height, width, 3))
-                rgb[t] = _resize(frame, (height, width))
-                names.append(name)
-                indices.append(index)
-                bar.update(1)
-                if max_frames is not None and len(names) >= max_frames:
-                    break
+            _copy_frames(source, rgb, wanted, names, indices, stride=stride, max_frames=max_frames, bar=bar)
         except readers.TruncatedVideo as cut:
             bar.close()  # before any message, so the bar does not end the log
             if not allow_truncated or not names:
                 raise
-            truncated = {"frames_read": cut.frames_read, "declared_frames": cut.declared, "reason": cut.reason,
-                         "frames_kept": len(names)}  # fmt: skip
-            print(f"warning: {source.path} breaks off at frame {cut.frames_read} ({cut.reason}); "
-                  f"frames.allow_truncated is set, so the {len(names)} frame(s) read are kept", file=sys.stderr)
+            truncated = _truncation(cut, source, len(names))
         finally:
             bar.close()
         if not names:
             raise UserError(f"no frames could be read from {source.path}")
         if len(names) != rgb.shape[0]:
             rgb.resize((len(names), height, width, 3))
-        record = {
-            "scene": scene,
-            "dataset": dataset,
-            "source": {"kind": kind, "path": str(source.path), "camera": source.camera},
-            "num_frames": len(names),
-            "height": height,
-            "width": width,
-            "fps": fps or (source.fps / stride if source.fps else None),
-            "frame_names": names,
-            "source_indices": indices,
-            "transform": {
-                "source_size": list(source.size),
-                "resize_to": None if (height, width) == source.size else [height, width],
-                "stride": stride,
-                "max_frames": max_frames,
-                "camera": source.camera,
-            },
-            "cameras": _scale_cameras(source.cameras, indices, source.size, (height, width)),
-            "gt": source.gt,
-            "annotations": source.annotations,
-            "truncated": truncated,
-        }
+        record = _scene_record(source, scene=scene, dataset=dataset, kind=kind, size=(height, width), names=names,
+                               indices=indices, stride=stride, max_frames=max_frames, fps=fps, truncated=truncated)
         prov = store.provenance("frames", params, {"source": source.path})
         group.attrs.update({"provenance": prov, "fps": record["fps"], "frame_names": names, "source_indices": indices})
         record["provenance"] = prov
