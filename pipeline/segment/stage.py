@@ -66,19 +66,9 @@ def segment(
     num_frames, height, width = (int(x) for x in rgb.shape[:3])
     scene = _read_scene(scene_json)
 
-    params: dict = {"backend": backend}
-    inputs: dict = {"frames": frames, "scene_json": scene_json}
-    checkpoints: dict = {}
-    if backend == "sam2":
-        params.update(model_config=model_config, random_init=random_init, **asdict(generator), **asdict(tracker))
-        if random_init is None:
-            checkpoints["segment.checkpoint"] = checkpoint
-    else:
-        from pipeline.segment.gt import gt_sources
-
-        instance_dir, part_dir, names = gt_sources(scene, str(scene_json))
-        inputs.update(gt_instance=instance_dir, gt_part=part_dir)
-
+    params, inputs, checkpoints, names = _recipe(backend, scene, scene_json, frames, model_config=model_config,
+                                                 checkpoint=checkpoint, random_init=random_init, generator=generator,
+                                                 tracker=tracker)
     with atomic_path(out) as tmp:
         store = create_group(tmp)
         from pipeline.segment.writer import MaskWriter
@@ -98,28 +88,44 @@ def segment(
         table, remaps = writer.finish()
         if backend == "gt":
             table = _with_gt_names(table, remaps, names)
-        record = provenance(
-            "segment",
-            params,
-            inputs,
-            checkpoints=checkpoints,
-            extra={"device": used_device, "levels": list(LEVELS)},
-        )
-        store.attrs.update(
-            {
-                "provenance": record,
-                "levels": list(LEVELS),
-                "backend": backend,
-                "frame_names": list(dict(group.attrs).get("frame_names", scene.get("frame_names", []))),
-                "source_indices": list(dict(group.attrs).get("source_indices", scene.get("source_indices", []))),
-            }
-        )
+        record = provenance("segment", params, inputs, checkpoints=checkpoints,
+                            extra={"device": used_device, "levels": list(LEVELS)})
+        store.attrs.update(_mask_attrs(record, backend, dict(group.attrs), scene))
         write_parquet(objects, table, provenance=record)
         title = f"{scene.get('dataset', '')}/{scene.get('scene', '')}  segment: {backend}".strip()
         from pipeline.segment.contact_sheet import write_contact_sheet
 
         write_contact_sheet(contact_sheet, rgb, store["masks"], columns=sheet_columns, title=title)
     return table
+
+
+def _recipe(backend: str, scene: dict, scene_json, frames, *, model_config, checkpoint, random_init, generator,
+            tracker) -> tuple[dict, dict, dict, dict | None]:
+    """(params, inputs, checkpoints) the provenance records, and the ground-truth names (backend gt)."""
+    params: dict = {"backend": backend}
+    inputs: dict = {"frames": frames, "scene_json": scene_json}
+    checkpoints: dict = {}
+    names = None
+    if backend == "sam2":
+        params.update(model_config=model_config, random_init=random_init, **asdict(generator), **asdict(tracker))
+        if random_init is None:
+            checkpoints["segment.checkpoint"] = checkpoint
+    else:
+        from pipeline.segment.gt import gt_sources
+
+        instance_dir, part_dir, names = gt_sources(scene, str(scene_json))
+        inputs.update(gt_instance=instance_dir, gt_part=part_dir)
+    return params, inputs, checkpoints, names
+
+
+def _mask_attrs(record: dict, backend: str, frame_attrs: dict, scene: dict) -> dict:
+    return {
+        "provenance": record,
+        "levels": list(LEVELS),
+        "backend": backend,
+        "frame_names": list(frame_attrs.get("frame_names", scene.get("frame_names", []))),
+        "source_indices": list(frame_attrs.get("source_indices", scene.get("source_indices", []))),
+    }
 
 
 def _read_scene(path) -> dict:

@@ -97,68 +97,82 @@ def track(
     device = tracker.device
     state = tracker.open_video(jpeg_dir, num_frames)
     tracks: dict[int, _Track] = {}
-    obj_counter = itertools.count()
-    raw_counters = [itertools.count() for _ in LEVELS]
+    counters = (itertools.count(), [itertools.count() for _ in LEVELS])  # object ids, raw ids per level
     at_keyframe: dict[int, torch.Tensor] = {}  # obj id -> mask on the coming detection frame
 
     for k in range(0, num_frames, settings.detect_every):
-        # tracked objects on this detection frame; retire those lost for too long
-        for obj_id in list(tracks):
-            mask = at_keyframe.get(obj_id)
-            if mask is not None and bool(mask.any()):
-                tracks[obj_id].missed = 0
-                continue
-            tracks[obj_id].missed += 1
-            if tracks[obj_id].missed >= settings.max_missed_detections:
-                tracker.remove_object(state, obj_id, need_output=False)
-                del tracks[obj_id]
-                at_keyframe.pop(obj_id, None)
-
+        _retire_lost(tracker, state, tracks, at_keyframe, settings)
         h, w = state["video_height"], state["video_width"]
-        if k not in state["cached_features"]:
-            with torch.inference_mode():
-                tracker._get_image_feature(state, k, 1)
-        proposals = generator.from_backbone(state["cached_features"][k][1], h, w)
-        for level, name in enumerate(LEVELS):
-            coverage = torch.zeros((h, w), dtype=torch.bool, device=device)
-            count = 0
-            for obj_id, tr in tracks.items():
-                if tr.level == level:
-                    count += 1
-                    if obj_id in at_keyframe:
-                        coverage |= at_keyframe[obj_id]
-            masks = proposals[name].masks.to(device)
-            for i in new_objects(masks, coverage, settings.new_object_max_overlap, settings.max_objects - count):
-                obj_id = next(obj_counter)
-                tracker.prompt_mask(state, k, obj_id, masks[i])
-                tracks[obj_id] = _Track(level=level, raw_id=next(raw_counters[level]))
-                at_keyframe[obj_id] = masks[i]  # a mask prompt is its own output on the prompted frame
-
+        _detect_new(tracker, state, generator, k, tracks, at_keyframe, counters, settings)
         yield k, _paint(tracks, at_keyframe, (h, w), device)
         if progress is not None:
             progress.update(1)
+        at_keyframe = yield from _propagate(tracker, state, k, num_frames, tracks, settings, progress)
 
-        next_k = k + settings.detect_every
-        last = min(next_k, num_frames - 1)
-        at_keyframe = {}
-        if last <= k:
+
+def _retire_lost(tracker, state, tracks: dict[int, _Track], at_keyframe: dict, settings: TrackerSettings) -> None:
+    """Count a miss for each track without pixels on this detection frame; drop those lost for too long."""
+    for obj_id in list(tracks):
+        mask = at_keyframe.get(obj_id)
+        if mask is not None and bool(mask.any()):
+            tracks[obj_id].missed = 0
             continue
-        if not tracks:
-            for t in range(k + 1, min(next_k, num_frames)):
-                yield t, paint_id_maps([], [], torch.zeros((0, h, w), dtype=torch.bool))
-                if progress is not None:
-                    progress.update(1)
-            continue
-        for t, obj_ids, logits in tracker.propagate_in_video(state, start_frame_idx=k + 1, max_frame_num_to_track=last - k - 1):
-            tracker.forget_before(state, t)
-            masks = logits[:, 0] > 0.0
-            frame_masks = dict(zip(obj_ids, masks))
-            if t == next_k:  # detection frame: new objects join before it is painted
-                at_keyframe = frame_masks
-                break
-            yield t, _paint(tracks, frame_masks, (h, w), device)
+        tracks[obj_id].missed += 1
+        if tracks[obj_id].missed >= settings.max_missed_detections:
+            tracker.remove_object(state, obj_id, need_output=False)
+            del tracks[obj_id]
+            at_keyframe.pop(obj_id, None)
+
+
+def _detect_new(tracker, state, generator, k: int, tracks: dict[int, _Track], at_keyframe: dict, counters,
+                settings: TrackerSettings) -> None:
+    """Prompt the tracker with every proposal of frame k that the tracked objects of its level do not cover."""
+    obj_counter, raw_counters = counters
+    device = tracker.device
+    h, w = state["video_height"], state["video_width"]
+    if k not in state["cached_features"]:
+        with torch.inference_mode():
+            tracker._get_image_feature(state, k, 1)
+    proposals = generator.from_backbone(state["cached_features"][k][1], h, w)
+    for level, name in enumerate(LEVELS):
+        coverage = torch.zeros((h, w), dtype=torch.bool, device=device)
+        count = 0
+        for obj_id, tr in tracks.items():
+            if tr.level == level:
+                count += 1
+                if obj_id in at_keyframe:
+                    coverage |= at_keyframe[obj_id]
+        masks = proposals[name].masks.to(device)
+        for i in new_objects(masks, coverage, settings.new_object_max_overlap, settings.max_objects - count):
+            obj_id = next(obj_counter)
+            tracker.prompt_mask(state, k, obj_id, masks[i])
+            tracks[obj_id] = _Track(level=level, raw_id=next(raw_counters[level]))
+            at_keyframe[obj_id] = masks[i]  # a mask prompt is its own output on the prompted frame
+
+
+def _propagate(tracker, state, k: int, num_frames: int, tracks: dict[int, _Track], settings: TrackerSettings, progress):
+    """Yield the frames after detection frame k up to the next one; return the masks on the next one."""
+    h, w = state["video_height"], state["video_width"]
+    next_k = k + settings.detect_every
+    last = min(next_k, num_frames - 1)
+    if last <= k:
+        return {}
+    if not tracks:
+        for t in range(k + 1, min(next_k, num_frames)):
+            yield t, paint_id_maps([], [], torch.zeros((0, h, w), dtype=torch.bool))
             if progress is not None:
                 progress.update(1)
+        return {}
+    for t, obj_ids, logits in tracker.propagate_in_video(state, start_frame_idx=k + 1, max_frame_num_to_track=last - k - 1):
+        tracker.forget_before(state, t)
+        masks = logits[:, 0] > 0.0
+        frame_masks = dict(zip(obj_ids, masks))
+        if t == next_k:  # detection frame: new objects join before it is painted
+            return frame_masks
+        yield t, _paint(tracks, frame_masks, (h, w), tracker.device)
+        if progress is not None:
+            progress.update(1)
+    return {}
 
 
 def _paint(tracks: dict[int, _Track], masks: dict[int, torch.Tensor], hw, device) -> np.ndarray:
