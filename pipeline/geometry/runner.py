@@ -89,20 +89,7 @@ def run_geometry(
     merge_ratio: float = 0.0,
 ) -> Iterator[FrameOutput]:
     """Yield one FrameOutput per input frame, in order, as soon as its chunk is done."""
-    if mode not in MODES:
-        raise UserError(f"unknown geometry mode {mode!r}; expected one of {', '.join(MODES)}")
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    if cache_window is not None and cache_window < 1:
-        raise UserError(f"cache window must be at least 1 frame (or None for unbounded), got {cache_window}")
-    if chunk_size is not None and chunk_size < 1:
-        raise UserError(f"chunk size must be at least 1 frame, got {chunk_size}")
-    if cache_dtype is not None and cache_dtype not in DTYPES:
-        raise UserError(f"unknown cache dtype {cache_dtype!r}; expected one of {', '.join(DTYPES)}")
-    if not 0 <= merge_ratio <= MAX_MERGE_RATIO:
-        raise UserError(f"token merge ratio must be in [0, {MAX_MERGE_RATIO}], got {merge_ratio}")
-    if merge_ratio and mode != "stream":
-        raise UserError(f"token merging works on the cache of `stream` mode, not {mode!r} (`geometry.merge_ratio`)")
+    _check_run_options(mode, dtype, cache_window, chunk_size, cache_dtype, merge_ratio)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
@@ -114,16 +101,7 @@ def run_geometry(
     if bad:
         raise UserError(f"token layers {bad} do not exist in a model of depth {cfg.depth}")
     needed = store | set(cfg.dpt_layers) | {last}
-
-    if mode == "offline":
-        mask, size, agg_cache, cam_cache = TimeMask(causal=False), None, None, None
-    else:
-        mask = TimeMask(causal=True, window=cache_window)
-        size = 1 if mode == "stream" else chunk_size
-        agg_cache = model.aggregator.new_cache(cache_window, dtype=cache_dtype and DTYPES[cache_dtype],
-                                               merge_ratio=merge_ratio)
-        cam_cache = model.camera_head.new_cache(cache_window)
-
+    mask, size, agg_cache, cam_cache = _attention_plan(model, mode, cache_window, chunk_size, cache_dtype, merge_ratio)
     index = 0
     for chunk in _chunks(frames, size):
         images = torch.stack([_as_tensor(f) for f in chunk]).unsqueeze(0).to(device)  # [1, S, 3, H, W]
@@ -151,3 +129,30 @@ def run_geometry(
                 dynamic_mask=None if agg.dynamic_mask is None else agg.dynamic_mask[0, s].float().cpu(),
             )
             index += 1
+
+
+def _check_run_options(mode: str, dtype: str, cache_window, chunk_size, cache_dtype, merge_ratio: float) -> None:
+    if mode not in MODES:
+        raise UserError(f"unknown geometry mode {mode!r}; expected one of {', '.join(MODES)}")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    if cache_window is not None and cache_window < 1:
+        raise UserError(f"cache window must be at least 1 frame (or None for unbounded), got {cache_window}")
+    if chunk_size is not None and chunk_size < 1:
+        raise UserError(f"chunk size must be at least 1 frame, got {chunk_size}")
+    if cache_dtype is not None and cache_dtype not in DTYPES:
+        raise UserError(f"unknown cache dtype {cache_dtype!r}; expected one of {', '.join(DTYPES)}")
+    if not 0 <= merge_ratio <= MAX_MERGE_RATIO:
+        raise UserError(f"token merge ratio must be in [0, {MAX_MERGE_RATIO}], got {merge_ratio}")
+    if merge_ratio and mode != "stream":
+        raise UserError(f"token merging works on the cache of `stream` mode, not {mode!r} (`geometry.merge_ratio`)")
+
+
+def _attention_plan(model, mode: str, cache_window, chunk_size, cache_dtype, merge_ratio: float):
+    """(time mask, frames per chunk (None: all at once), aggregator cache, camera-head cache) of a mode."""
+    if mode == "offline":
+        return TimeMask(causal=False), None, None, None
+    mask = TimeMask(causal=True, window=cache_window)
+    size = 1 if mode == "stream" else chunk_size
+    agg_cache = model.aggregator.new_cache(cache_window, dtype=cache_dtype and DTYPES[cache_dtype], merge_ratio=merge_ratio)
+    return mask, size, agg_cache, model.camera_head.new_cache(cache_window)
