@@ -96,7 +96,7 @@ def child_cost(mode: str, n: int, window: int | None) -> dict:
         cache_bytes = 0
     else:
         # drive the aggregator + camera head directly so the caches can be measured
-        from pipeline.geometry.layers import TimeMask
+        from pipeline.geometry.time_cache import TimeMask
 
         mask = TimeMask(causal=True, window=window)
         agg, cam = model.aggregator.new_cache(window), model.camera_head.new_cache(window)
@@ -497,7 +497,7 @@ def _timed_stream(model, n: int, hw, window, device, *, merge_ratio=0.0, cache_d
     """Per-frame aggregator and heads time (synchronised), peak memory, for an `n`-frame stream."""
     import torch
 
-    from pipeline.geometry.layers import TimeMask
+    from pipeline.geometry.time_cache import TimeMask
     from pipeline.geometry.runner import DTYPES
 
     cuda = device.type == "cuda"

@@ -8,7 +8,7 @@ from pipeline.geometry.heads import pose_encoding_to_cameras, quaternion_to_matr
 from pipeline.geometry.layers import RotaryEmbedding2D
 from pipeline.geometry.model import GeometryConfig, GeometryModel, config_from_state, random_model
 from pipeline.errors import UserError
-from pipeline.geometry.layers import TimeMask
+from pipeline.geometry.time_cache import TimeMask
 from pipeline.geometry.runner import run_geometry
 from conftest import shared_reference
 
@@ -86,7 +86,7 @@ def test_stream_cache_stays_within_window():
 
 
 def _causal(window):
-    from pipeline.geometry.layers import TimeMask
+    from pipeline.geometry.time_cache import TimeMask
 
     return TimeMask(causal=True, window=window)
 
@@ -167,7 +167,8 @@ def test_zero_merges_equal_the_plain_model():
 
 
 def test_merging_identical_tokens_changes_nothing_and_shrinks_the_cache():
-    from pipeline.geometry.layers import KVCache, TimeContext, attend_in_time
+    from pipeline.geometry.layers import attend_in_time
+    from pipeline.geometry.time_cache import KVCache, TimeContext
 
     g = torch.Generator().manual_seed(0)
     special, patches, heads, dim = 1, 8, 2, 4

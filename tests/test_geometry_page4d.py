@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from pipeline import store
 from pipeline.errors import UserError
-from pipeline.geometry.layers import TimeMask
+from pipeline.geometry.time_cache import TimeMask
 from pipeline.geometry.model import MASK_PREFIX, GeometryConfig, GeometryModel, config_from_state, random_model
 from pipeline.geometry.runner import run_geometry
 from pipeline.geometry.stage import build_model, compute_geometry

@@ -20,7 +20,8 @@ from torch import nn
 
 import torch.nn.functional as F
 
-from pipeline.geometry.layers import Block, KVCache, RotaryEmbedding2D, TimeContext, TimeMask
+from pipeline.geometry.layers import Block, RotaryEmbedding2D
+from pipeline.geometry.time_cache import KVCache, TimeContext, TimeMask
 from pipeline.geometry.patch_embed import ConvPatchEmbed, DinoViT
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

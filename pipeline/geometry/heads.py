@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.geometry.layers import Block, KVCache, Mlp, TimeContext, TimeMask
+from pipeline.geometry.layers import Block, Mlp
+from pipeline.geometry.time_cache import KVCache, TimeContext, TimeMask
 from pipeline.nets.dpt import DPT, FusionBlock, ResidualConvUnit, uv_embedding  # noqa: F401  (also read from here)
 
 POSE_DIM = 9

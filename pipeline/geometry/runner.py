@@ -24,7 +24,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.geometry.heads import pose_encoding_to_cameras
-from pipeline.geometry.layers import MAX_MERGE_RATIO, TimeMask
+from pipeline.geometry.time_cache import MAX_MERGE_RATIO, TimeMask
 from pipeline.geometry.model import GeometryModel
 
 MODES = ("stream", "batch", "offline")
