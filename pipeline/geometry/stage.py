@@ -24,9 +24,7 @@ examples:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import time
 from pathlib import Path
 
 import torch
@@ -38,6 +36,7 @@ from pipeline.errors import UserError
 from pipeline.geometry.inputs import open_frames, plan_transform
 from pipeline.geometry.model import (MASK_PREFIX, GeometryConfig, GeometryModel, config_from_state, load_weights,
                                      random_model)
+from pipeline.geometry.outputs import shared_attrs, write_stores
 from pipeline.geometry.runner import DTYPES, MODES, run_geometry
 from pipeline.tokenstore import TOKEN_DTYPES, TokenCodec
 
@@ -118,63 +117,6 @@ def _checked_layers(cfg, layers) -> list[int]:
     return layers
 
 
-def _shared_attrs(source, transform, cfg, params: dict, prov: dict) -> dict:
-    """The attrs tokens.zarr and geometry.zarr both carry."""
-    H, W = transform.image_size
-    return {"image_size": [H, W], "grid": [H // cfg.patch_size, W // cfg.patch_size], "frame_names": source.frame_names,
-            "source_indices": source.source_indices, "mode": params["mode"], "cache_window": params["cache_window"],
-            "backbone": params["backbone"], "transform": transform.to_dict(), "provenance": prov}
-
-
-def _token_attrs(shared: dict, cfg, params: dict, codec, weights: dict, prov: dict) -> dict:
-    attrs = {**shared, "patch_size": cfg.patch_size, "layers": params["layers"], "dtype": params["dtype"],
-             "token_dtype": params["token_dtype"], "token_codec": codec.to_attrs()}
-    if weights["kind"] == "checkpoint":
-        attrs["checkpoint_sha256"] = prov["checkpoints"]["geometry"]["sha256"]
-    else:
-        attrs["random_init"] = weights["seed"]
-    return attrs
-
-
-def _geometry_attrs(shared: dict, cfg, points: bool) -> dict:
-    attrs = {**shared, "extrinsics": "OpenCV camera-from-world; world = camera of frame 0",
-             "pose_enc": "translation(3), quaternion xyzw(4), field of view h, w (radians)"}
-    if points:
-        attrs["world_points"] = "x, y, z in the world frame (= camera of frame 0), from the point head"
-    if cfg.dynamic_mask:
-        attrs["dynamic_mask"] = ("PAGE-4D per-patch dynamic mask on the token grid, "
-                                 "sigmoid(logit) - 0.5 in (-0.5, 0.5), higher = more dynamic")
-    return attrs
-
-
-def _geometry_arrays(geometry, T: int, H: int, W: int, grid: tuple[int, int], *, points: bool, dynamic_mask: bool) -> dict:
-    geo = {
-        "depth": store.frame_array(geometry, "depth", (T, H, W), "float32"),
-        "depth_conf": store.frame_array(geometry, "depth_conf", (T, H, W), "float32"),
-        "pose_enc": store.frame_array(geometry, "pose_enc", (T, 9), "float32"),
-        "extrinsics": store.frame_array(geometry, "extrinsics", (T, 3, 4), "float32"),
-        "intrinsics": store.frame_array(geometry, "intrinsics", (T, 3, 3), "float32"),
-    }
-    if points:
-        geo["world_points"] = store.frame_array(geometry, "world_points", (T, H, W, 3), "float32")
-        geo["world_points_conf"] = store.frame_array(geometry, "world_points_conf", (T, H, W), "float32")
-    if dynamic_mask:
-        geo["dynamic_mask"] = store.frame_array(geometry, "dynamic_mask", (T, *grid), "float32")
-    return geo
-
-
-def _write_frames(outputs, patch_start: int, tok_layers: dict, camera, geo: dict, grid: tuple[int, int], C2: int) -> None:
-    """Each frame's kept token layers (patch tokens only), camera token and geometry, as they stream out."""
-    h, w = grid
-    for out in outputs:
-        t = out.index
-        for i, layer in tok_layers.items():
-            layer[t] = out.tokens[i][patch_start:].reshape(h, w, C2).numpy()
-        camera[t] = out.camera_token.numpy()
-        for name, arr in geo.items():
-            arr[t] = getattr(out, name).numpy()
-
-
 def compute_geometry(
     frames: str | Path,
     out_dir: str | Path,
@@ -214,8 +156,7 @@ def compute_geometry(
     window = None if mode == "offline" else cache_window
     dev = torch.device(resolve_device(device))
     model = model.to(dev).eval()
-    C2 = 2 * cfg.embed_dim
-    codec = TokenCodec.for_dtype(token_dtype, C2)
+    codec = TokenCodec.for_dtype(token_dtype, 2 * cfg.embed_dim)
     params = {"mode": mode, "cache_window": window, "chunk_size": chunk_size if mode == "batch" else None,
               "dtype": dtype, "max_size": max_size, "layers": layers, "backbone": backbone, "page4d_mask": page4d_mask,
               "points": points, "token_dtype": token_dtype, "cache_dtype": cache_dtype, "merge_ratio": merge_ratio}
@@ -224,27 +165,16 @@ def compute_geometry(
         checkpoints={"geometry": checkpoint} if weights["kind"] == "checkpoint" else None,
         extra={"weights": weights, "architecture": cfg.to_dict()},
     )
-    shared = _shared_attrs(source, transform, cfg, params, prov)
-    out_dir = Path(out_dir)
-    start = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        tokens = store.create_group(stack.enter_context(store.atomic_path(out_dir / "tokens.zarr")))
-        geometry = store.create_group(stack.enter_context(store.atomic_path(out_dir / "geometry.zarr")))
-        tok_layers = {i: codec.create(tokens, i, T, *grid, C2) for i in layers}
-        camera = store.frame_array(tokens, "camera", (T, C2), "float32")
-        geo = _geometry_arrays(geometry, T, H, W, grid, points=points, dynamic_mask=cfg.dynamic_mask)
-        outputs = run_geometry(model, source.frames(transform), mode=mode, cache_window=window,
-                               chunk_size=params["chunk_size"], device=dev, dtype=dtype,
-                               keep_layers=layers, points=points, cache_dtype=cache_dtype, merge_ratio=merge_ratio)
-        if progress:
-            from tqdm import tqdm
+    stream = run_geometry(model, source.frames(transform), mode=mode, cache_window=window,
+                          chunk_size=params["chunk_size"], device=dev, dtype=dtype,
+                          keep_layers=layers, points=points, cache_dtype=cache_dtype, merge_ratio=merge_ratio)
+    if progress:
+        from tqdm import tqdm
 
-            outputs = tqdm(outputs, total=T, desc=f"geometry ({mode})", unit="frame")
-        _write_frames(outputs, model.patch_start, tok_layers, camera, geo, grid, C2)
-        seconds = time.perf_counter() - start
-        overflow = sum(layer.overflow for layer in tok_layers.values())
-        tokens.attrs.update({**_token_attrs(shared, cfg, params, codec, weights, prov), "float16_overflow": overflow})
-        geometry.attrs.update(_geometry_attrs(shared, cfg, points))
+        stream = tqdm(stream, total=T, desc=f"geometry ({mode})", unit="frame")
+    out_dir = Path(out_dir)
+    attrs = shared_attrs(source, transform, cfg, params, prov)
+    seconds, overflow = write_stores(out_dir, stream, model, T, transform.image_size, codec, params, attrs, weights, prov)
     return {"frames": T, "image_size": [H, W], "grid": list(grid), "layers": layers, "mode": mode, "backbone": backbone,
             "token_dtype": token_dtype, "seconds": round(seconds, 3), "float16_overflow": overflow,
             "weights": weights["kind"],
