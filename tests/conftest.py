@@ -24,6 +24,17 @@ def shared_reference(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test, restored after (small models: threads only add noise)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def demo_scene(tmp_path_factory) -> Path:
     from pipeline.demo_scene import make_demo_scene

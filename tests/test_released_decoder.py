@@ -20,12 +20,7 @@ from pipeline.store import open_group
 from sbd_synthetic import TINY_ARCH, make_scene
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _released_like_checkpoint(path):

@@ -21,12 +21,7 @@ from sbd_synthetic import TINY_ARCH, make_scene
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _decoder(tmp_path, *, video_dim=6, metadata=True, placement=None):

@@ -18,12 +18,7 @@ from sbd_synthetic import TINY_ARCH, make_scene
 SMALL = dict(frames=2, frame_hw=(36, 48), crop=(4, 3, 28, 42))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("placement, box", [("crop", (4, 5, 56, 70)), ("resize", (0, 0, 64, 80))])
