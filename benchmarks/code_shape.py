@@ -15,11 +15,15 @@ from _common import write_result
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def measure(root: Path, *, function_limit: int, module_limit: int) -> dict:
     functions, modules = [], []
     for path in sorted(root.rglob("*.py")):
         source = path.read_text()
-        name = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+        name = _shown(path)
         modules.append({"module": name, "lines": len(source.splitlines())})
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -28,7 +32,7 @@ def measure(root: Path, *, function_limit: int, module_limit: int) -> dict:
     functions.sort(key=lambda f: -f["lines"])
     modules.sort(key=lambda m: -m["lines"])
     return {
-        "root": str(root), "function_limit": function_limit, "module_limit": module_limit,
+        "root": _shown(root), "function_limit": function_limit, "module_limit": module_limit,
         "largest_function": functions[0], "largest_module": modules[0],
         "functions_over_limit": [f for f in functions if f["lines"] > function_limit],
         "modules_over_limit": [m for m in modules if m["lines"] > module_limit],
